@@ -1,0 +1,149 @@
+#include "agents/echo/echo.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+
+namespace spoad::agents::echo {
+
+namespace {
+
+const char* type_name(spop::DataType t) {
+  switch (t) {
+    case spop::DataType::kNull: return "null";
+    case spop::DataType::kBool: return "bool";
+    case spop::DataType::kInt32: return "int32";
+    case spop::DataType::kUint32: return "uint32";
+    case spop::DataType::kInt64: return "int64";
+    case spop::DataType::kUint64: return "uint64";
+    case spop::DataType::kIpv4: return "ipv4";
+    case spop::DataType::kIpv6: return "ipv6";
+    case spop::DataType::kString: return "str";
+    case spop::DataType::kBinary: return "bin";
+  }
+  return "?";
+}
+
+spop::Scope parse_scope(config::Options& o) {
+  const std::string s = o.str("scope", "txn");
+  if (s == "proc") return spop::Scope::kProcess;
+  if (s == "sess") return spop::Scope::kSession;
+  if (s == "txn") return spop::Scope::kTransaction;
+  if (s == "req") return spop::Scope::kRequest;
+  if (s == "res") return spop::Scope::kResponse;
+  o.fail("scope", "expected proc, sess, txn, req or res, got \"" + s + "\"");
+}
+
+std::unique_ptr<agent::AgentOptions> parse(config::Options& o) {
+  auto opts = std::make_unique<EchoOptions>();
+  opts->scope = parse_scope(o);
+  opts->echo_max_size = o.size("echo-max-size", opts->echo_max_size, 0, 1 << 20);
+  opts->delay_ms = o.duration_ms("delay", 0, 0, 60'000);
+  return opts;
+}
+
+std::unique_ptr<agent::Agent> create(const agent::Context& ctx, const agent::AgentOptions& o) {
+  return std::make_unique<EchoAgent>(ctx, static_cast<const EchoOptions&>(o));
+}
+
+}  // namespace
+
+SPOAD_REGISTER_AGENT(echo, "echo", "diagnostic: sends each argument back with its type, length and digest",
+                     parse, create);
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+  std::string hex;
+  hex.reserve(len * 2);
+  static const char digits[] = "0123456789abcdef";
+  for (unsigned i = 0; i < len; ++i) {
+    hex += digits[md[i] >> 4];
+    hex += digits[md[i] & 15];
+  }
+  return hex;
+}
+
+EchoAgent::EchoAgent(const agent::Context& ctx, const EchoOptions& opts)
+    : ctx_(ctx), opts_(opts) {}
+
+EchoAgent::~EchoAgent() {
+  // Hard-stop with ACKs still held: the connections are gone; release the timers. Holds whose
+  // timer is already closing just lose their pointer back to us.
+  for (Hold* h : holds_) {
+    if (!h->closing) {
+      h->closing = true;
+      h->deferred.complete();
+      uv_close(reinterpret_cast<uv_handle_t*>(&h->timer), on_timer_closed);
+    }
+    h->self = nullptr;
+  }
+}
+
+void EchoAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
+  ++messages_;
+  const spop::Scope sc = opts_.scope;
+  reply.set_var(sc, "msg", spop::Value::String(msg.name));
+  reply.set_var(sc, "nargs", spop::Value::Int32(msg.nargs));
+  uint64_t delay = opts_.delay_ms;
+  size_t i = 0;
+  for (const spop::KV& kv : spop::args(msg)) {
+    const std::string name = kv.name.empty() ? "arg" + std::to_string(i) : std::string(kv.name);
+    ++i;
+    const spop::Value& v = kv.value;
+    if (name == "delay_ms" && v.is_integer()) {
+      delay = static_cast<uint64_t>(std::max<int64_t>(0, v.as_int64()));
+      continue;
+    }
+    reply.set_var(sc, name + "_type", spop::Value::String(type_name(v.type)));
+    if (v.type == spop::DataType::kString || v.type == spop::DataType::kBinary) {
+      reply.set_var(sc, name + "_len", spop::Value::Int64(static_cast<int64_t>(v.bytes.size())));
+      reply.set_var(sc, name + "_sha256", spop::Value::String(sha256_hex(v.bytes)));
+      if (v.bytes.size() > opts_.echo_max_size) continue;
+    }
+    reply.set_var(sc, name, v);
+  }
+  if (delay == 0 || !ctx_.loop) return;
+  ++deferred_;
+  auto* h = new Hold{this, {}, reply.defer(), {}, false};
+  h->it = holds_.insert(holds_.end(), h);
+  uv_timer_init(ctx_.loop, &h->timer);
+  h->timer.data = h;
+  uv_timer_start(&h->timer, on_timer, delay, 0);
+}
+
+void EchoAgent::on_timer(uv_timer_t* t) {
+  auto* h = static_cast<Hold*>(t->data);
+  h->closing = true;
+  h->deferred.complete();  // the ACK leaves now
+  uv_close(reinterpret_cast<uv_handle_t*>(&h->timer), on_timer_closed);
+}
+
+void EchoAgent::on_timer_closed(uv_handle_t* handle) {
+  auto* h = static_cast<Hold*>(handle->data);
+  EchoAgent* self = h->self;
+  if (self) self->holds_.erase(h->it);
+  delete h;
+  if (self) self->maybe_stopped();
+}
+
+void EchoAgent::stop(std::function<void()> done) {
+  stop_done_ = std::move(done);
+  maybe_stopped();
+}
+
+void EchoAgent::maybe_stopped() {
+  if (!stop_done_ || !holds_.empty()) return;
+  auto cb = std::move(stop_done_);
+  stop_done_ = nullptr;
+  cb();
+}
+
+void EchoAgent::stats(nlohmann::json& out) const {
+  out["messages"] = messages_;
+  out["deferred"] = deferred_;
+  out["holding"] = holds_.size();
+}
+
+}  // namespace spoad::agents::echo

@@ -1,0 +1,62 @@
+// The interface every agent implements. An agent sees decoded SPOE messages and fills the
+// Reply that becomes the ACK; it knows nothing of sockets, frames or processes. Agents that do
+// I/O (timers, HTTP) use the worker's event loop from their Context.
+#pragma once
+
+#include <spdlog/logger.h>
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "agent/reply.h"
+#include "spop/reader.h"
+#include "spop/types.h"
+
+namespace spoad::agent {
+
+// What an agent may use of its environment.
+struct Context {
+  std::string name;                      // the agent's configured name ("iprep")
+  uv_loop_t* loop = nullptr;             // the worker's loop; nullptr during `spoad -c`
+  std::shared_ptr<spdlog::logger> log;   // tagged with the agent name
+};
+
+// A command an agent adds to its worker's CLI (`@1 show lists`).
+struct CliCommand {
+  std::string name;   // words that select it, e.g. "show lists"
+  std::string usage;  // one line for `help`
+  // Runs the command; `args` are the words after `name`. Returns the output text.
+  std::function<std::string(const std::vector<std::string>& args)> run;
+};
+
+class Agent {
+ public:
+  virtual ~Agent() = default;
+
+  // Called for each message of a NOTIFY, in order, all with the same Reply. `msg` and its
+  // arguments are valid only during the call (SPOE.txt 3.2.6).
+  virtual void on_message(const spop::Message& msg, Reply& reply) = 0;
+
+  // Called once the worker's loop runs, before the first connection is accepted.
+  virtual void start() {}
+
+  // Soft-stop: finish outstanding work (pending replies, exports), then call `done`. The
+  // default has nothing to finish.
+  virtual void stop(std::function<void()> done) { done(); }
+
+  // Re-reads external data (lists, files) after a reload request. Default: nothing.
+  virtual void reload() {}
+
+  // Adds the agent's counters to a `show stat` object. Default: none.
+  virtual void stats(nlohmann::json& out) const { (void)out; }
+
+  // Commands the agent adds to its worker's CLI. Default: none.
+  virtual std::vector<CliCommand> cli_commands() { return {}; }
+};
+
+}  // namespace spoad::agent

@@ -1,0 +1,95 @@
+// The spoad configuration file (YAML). Shape:
+//
+//   global:                     # optional
+//     log-level: info           # trace|debug|info|warn|error|critical|off
+//     grace: 10s                # soft-stop bound
+//   cli:
+//     socket: /run/spoad/master.sock
+//     mode: "0600"
+//   agents:
+//     - name: iprep
+//       type: ip-checker
+//       listen: 127.0.0.1:12345   # or [::1]:12345, or unix:/path
+//       workers: 2
+//       ...runtime keys (max-frame-size, ...) and the agent's own options
+//
+// Errors are thrown as ConfigError naming the file, line and key.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/options.h"
+
+namespace spoad::agent {
+class AgentOptions;
+struct AgentType;
+}  // namespace spoad::agent
+
+namespace spoad::config {
+
+struct ListenAddress {
+  enum class Kind { kTcp, kUnix };
+  Kind kind = Kind::kTcp;
+  std::string host;  // IPv4 or IPv6 literal, or a name; "" when kind is kUnix
+  uint16_t port = 0;
+  std::string path;  // kUnix
+
+  // "127.0.0.1:12345", "[::1]:12345" or "unix:/run/spoad/iprep.sock".
+  std::string str() const;
+  bool operator==(const ListenAddress&) const = default;
+};
+
+// Parses "host:port", "[v6]:port", "*:port" (all IPv4 addresses), ":::port" is not accepted
+// (use "[::]:port"), or "unix:/path". Returns false and sets *err when malformed.
+bool parse_listen(std::string_view s, ListenAddress* out, std::string* err);
+
+// Per-agent protocol and connection settings, read from the agent's mapping.
+struct RuntimeSettings {
+  uint32_t max_frame_size = 16380;          // bytes; we announce min(this, HAProxy's)
+  uint32_t max_inflight = 64;               // NOTIFYs in flight per connection
+  uint64_t max_fragmented_size = 4u << 20;  // bytes of one reassembled NOTIFY
+  bool pipelining = true;                   // announce "pipelining"
+  bool fragmentation = true;                // announce "fragmentation"
+  bool async = false;                       // announce "async"
+  uint64_t hello_timeout_ms = 5'000;        // wait for HAPROXY-HELLO
+  uint64_t idle_timeout_ms = 300'000;       // close a connection idle this long
+  uint32_t max_connections = 10'000;        // per worker; beyond, accept waits
+  int backlog = 1024;
+};
+
+struct AgentConfig {
+  std::string name;
+  std::string type;
+  ListenAddress listen;
+  int workers = 1;
+  RuntimeSettings runtime;
+  const agent::AgentType* agent_type = nullptr;
+  std::shared_ptr<const agent::AgentOptions> options;
+  int line = 0;  // where the agent is defined
+};
+
+struct CliConfig {
+  std::string socket;     // "" = no master CLI
+  uint32_t mode = 0600;   // permission bits of the socket
+};
+
+struct Config {
+  std::string file;
+  std::string log_level = "info";
+  uint64_t grace_ms = 10'000;
+  CliConfig cli;
+  std::vector<AgentConfig> agents;
+};
+
+// Reads and validates `path`, including each agent's own options.
+// Throws ConfigError ("FILE:LINE: KEY: MESSAGE").
+Config load_config(const std::string& path);
+
+// Same, from text; `file_name` is used in error messages.
+Config parse_config(const std::string& yaml_text, const std::string& file_name);
+
+}  // namespace spoad::config

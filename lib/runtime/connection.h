@@ -1,0 +1,117 @@
+// One SPOP connection from HAProxy, on the agent side (SPOE.txt 3.2):
+//
+//   accept -> wait HAPROXY-HELLO (hello timeout) -> AGENT-HELLO
+//          -> NOTIFY ... ACK (pipelined, fragments reassembled, idle timeout)
+//          -> HAPROXY-DISCONNECT -> AGENT-DISCONNECT status 0 -> close
+//   any protocol error -> AGENT-DISCONNECT <status> -> close
+//   EOF or RST -> close (a normal end, not an error)
+//
+// Every frame is encoded whole into the output buffer and the buffer is handed to the kernel
+// in one write call. At most `max_inflight` NOTIFYs wait for their ACK; beyond that the
+// connection stops reading (backpressure) and never drops a frame.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "agent/reply.h"
+#include "spop/reassembler.h"
+#include "spop/types.h"
+
+namespace spoad::runtime {
+
+class Server;
+
+class Connection final : public agent::Reply::Owner {
+ public:
+  explicit Connection(Server& server);
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Accepts a pending connection from `listener`. Returns a libuv error code (0 on success);
+  // on failure the caller must call close_now(), which frees the connection.
+  int accept(uv_stream_t* listener);
+
+  // Closes at once, without a DISCONNECT (hard-stop). Outstanding replies are cancelled.
+  void close_now();
+
+  // Soft-stop: finish the NOTIFYs in flight, send AGENT-DISCONNECT status 0 as soon as the
+  // connection is idle, then close.
+  void drain();
+
+  bool idle() const { return inflight_ == 0 && !reasm_.active(); }
+  bool open() const { return state_ != State::kClosed; }
+
+  void on_reply_complete(agent::Reply& reply) override;
+
+ private:
+  enum class State { kHello, kReady, kClosing, kClosed };
+
+  ~Connection();
+
+  static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
+  static void on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
+  static void on_write(uv_write_t* req, int status);
+  static void on_close(uv_handle_t* h);
+  static void on_timer(uv_timer_t* t);
+  static void on_shutdown(uv_shutdown_t* req, int status);
+
+  uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&handle_); }
+  uv_loop_t* loop() const;
+
+  void process();
+  void handle_frame(const spop::Frame& f);
+  void handle_hello(const spop::Frame& f);
+  void handle_notify(const spop::Frame& f);
+  void handle_disconnect(const spop::Frame& f);
+  void dispatch(spop::Bytes payload, uint32_t nmessages, uint64_t sid, uint64_t fid);
+  void queue_ack(agent::Reply& reply);
+  void fail(spop::Result error);
+  void disconnect(spop::Status status, const char* message);
+  void flush();
+  void update_reading();
+  void arm_timer();
+  void maybe_finish_closing();
+  void set_inflight(uint32_t n);
+  agent::Reply* new_reply();
+
+  Server& server_;
+  union {
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } handle_;
+  uv_timer_t timer_;
+  uv_shutdown_t shutdown_req_;
+  std::string peer_;  // "addr:port" of HAProxy, for logs
+  int open_handles_ = 0;
+  bool shutdown_sent_ = false;
+  State state_ = State::kHello;
+  bool draining_ = false;
+  bool reading_ = false;
+  bool in_process_ = false;
+  bool counted_idle_ = false;
+
+  uint32_t max_frame_size_;  // ours until HELLO, then the negotiated one
+  spop::Capabilities caps_;
+  spop::Reassembler reasm_;
+
+  std::vector<uint8_t> rbuf_;  // received bytes; [0, rlen_) is unprocessed
+  size_t rlen_ = 0;
+
+  std::vector<uint8_t> out_;      // whole frames not yet handed to the kernel
+  std::vector<uint8_t> writing_;  // bytes of the uv_write in progress
+  uv_write_t wreq_;
+  bool write_pending_ = false;
+
+  uint32_t inflight_ = 0;
+  std::vector<agent::Reply*> outstanding_;  // replies not complete yet
+  std::vector<agent::Reply*> free_replies_;
+
+  uint64_t last_activity_ms_ = 0;
+  uint64_t deadline_ms_ = 0;  // hello, idle or closing deadline (loop time)
+};
+
+}  // namespace spoad::runtime

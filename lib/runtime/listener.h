@@ -1,0 +1,28 @@
+// Listening sockets for agent servers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "config/config.h"
+
+namespace spoad::runtime {
+
+// Creates a TCP socket bound to `addr` with SO_REUSEADDR and SO_REUSEPORT (so the workers of
+// a pool, and a new spoad beside a draining old one, share the address), non-blocking and
+// close-on-exec, and listening with `backlog`. IPv6 sockets are IPv6-only. Host names are
+// resolved (first address). Returns the fd; throws std::runtime_error naming the address and
+// the system error.
+int listen_tcp(const config::ListenAddress& addr, int backlog);
+
+// Creates a Unix stream socket at `path`, listening with `backlog`. A socket file nobody
+// listens on any more is replaced; a live one is an error ("address in use"). The socket is
+// bound under a temporary name and renamed into place, so the path is never missing while a
+// previous owner still serves. Returns the fd and the inode of the new file in *inode.
+// Throws std::runtime_error.
+int listen_unix(const std::string& path, int backlog, uint64_t* inode);
+
+// Removes `path` if it is still the socket file with `inode` (one we created).
+void unlink_if_owned(const std::string& path, uint64_t inode);
+
+}  // namespace spoad::runtime

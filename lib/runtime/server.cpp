@@ -1,0 +1,148 @@
+#include "runtime/server.h"
+
+#include <unistd.h>
+
+#include <stdexcept>
+#include <vector>
+
+#include "runtime/connection.h"
+#include "runtime/listener.h"
+
+namespace spoad::runtime {
+
+Server::Server(uv_loop_t* loop, const config::AgentConfig& cfg, std::unique_ptr<agent::Agent> agent,
+               std::shared_ptr<spdlog::logger> log)
+    : loop_(loop), cfg_(cfg), agent_(std::move(agent)), log_(std::move(log)) {}
+
+Server::~Server() = default;
+
+uint64_t Server::now_us() { return uv_hrtime() / 1000; }
+
+bool Server::log_limiter_allow() {
+  const uint64_t now = uv_now(loop_);
+  if (!log_limiter_.allow(now)) return false;
+  if (const uint64_t n = log_limiter_.take_suppressed(); n > 0)
+    log_->warn("{} similar messages suppressed", n);
+  return true;
+}
+
+void Server::listen(int fd) {
+  const bool unix_socket = cfg_.listen.kind == config::ListenAddress::Kind::kUnix;
+  int rc = 0;
+  if (unix_socket) {
+    if (fd < 0) {
+      fd = listen_unix(cfg_.listen.path, cfg_.runtime.backlog, &unix_inode_);
+      unix_path_ = cfg_.listen.path;
+    }
+    uv_pipe_init(loop_, &listener_.pipe, 0);
+    rc = uv_pipe_open(&listener_.pipe, fd);
+  } else {
+    if (fd < 0) fd = listen_tcp(cfg_.listen, cfg_.runtime.backlog);
+    uv_tcp_init(loop_, &listener_.tcp);
+    rc = uv_tcp_open(&listener_.tcp, fd);
+  }
+  listener_.tcp.data = this;
+  listener_open_ = true;
+  if (rc == 0)
+    rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), cfg_.runtime.backlog, on_connection);
+  if (rc != 0) {
+    close_listener();
+    throw std::runtime_error("cannot listen on " + cfg_.listen.str() + ": " + uv_strerror(rc));
+  }
+  listening_ = true;
+}
+
+void Server::on_connection(uv_stream_t* listener, int status) {
+  auto* s = static_cast<Server*>(listener->data);
+  if (status < 0) {
+    s->log_->error("accept on {} failed: {}", s->cfg_.listen.str(), uv_strerror(status));
+    return;
+  }
+  s->accept_pending();
+}
+
+void Server::accept_pending() {
+  if (stopping_ || !listener_open_) return;
+  if (conns_.size() >= cfg_.runtime.max_connections) {
+    // Leave it in libuv's hands: libuv stops polling the listener until we accept.
+    if (!accept_pending_ && log_limiter_allow())
+      log_->warn("max-connections ({}) reached on {}: new connections wait",
+                 cfg_.runtime.max_connections, cfg_.listen.str());
+    accept_pending_ = true;
+    return;
+  }
+  accept_pending_ = false;
+  auto* c = new Connection(*this);
+  conns_.insert(c);
+  ++stats_.conns_current;
+  const int rc = c->accept(reinterpret_cast<uv_stream_t*>(&listener_));
+  if (rc != 0) {
+    if (rc != UV_EAGAIN) log_->warn("accept on {} failed: {}", cfg_.listen.str(), uv_strerror(rc));
+    c->close_now();
+    return;
+  }
+  ++stats_.conns_total;
+}
+
+void Server::on_connection_closed(Connection* c) {
+  conns_.erase(c);
+  --stats_.conns_current;
+  if (accept_pending_) accept_pending();
+  check_stopped();
+}
+
+void Server::close_listener() {
+  if (!listener_open_) return;
+  listener_open_ = false;
+  listening_ = false;
+  if (!unix_path_.empty()) unlink_if_owned(unix_path_, unix_inode_);
+  listener_closing_ = true;
+  uv_close(reinterpret_cast<uv_handle_t*>(&listener_), on_listener_closed);
+}
+
+void Server::on_listener_closed(uv_handle_t* h) {
+  auto* s = static_cast<Server*>(h->data);
+  s->listener_closing_ = false;
+  s->check_stopped();
+}
+
+void Server::soft_stop(std::function<void()> done) {
+  if (stopping_) return;
+  stopping_ = true;
+  stopped_cb_ = std::move(done);
+  close_listener();
+  std::vector<Connection*> conns(conns_.begin(), conns_.end());
+  for (Connection* c : conns) c->drain();
+  agent_->stop([this] {
+    agent_stopped_ = true;
+    check_stopped();
+  });
+  check_stopped();
+}
+
+void Server::hard_stop(std::function<void()> done) {
+  if (stopped_) return;  // already fully stopped: `done` was called then
+  const bool was_stopping = stopping_;
+  stopping_ = true;
+  stopped_cb_ = std::move(done);
+  close_listener();
+  std::vector<Connection*> conns(conns_.begin(), conns_.end());
+  for (Connection* c : conns) c->close_now();
+  if (!was_stopping) agent_->stop([] {});
+  agent_stopped_ = true;
+  check_stopped();
+}
+
+void Server::check_stopped() {
+  if (!stopping_ || !conns_.empty() || !agent_stopped_ || listener_open_ || listener_closing_)
+    return;
+  if (stopped_) return;
+  stopped_ = true;
+  if (stopped_cb_) {
+    auto cb = std::move(stopped_cb_);
+    stopped_cb_ = nullptr;
+    cb();
+  }
+}
+
+}  // namespace spoad::runtime

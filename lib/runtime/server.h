@@ -1,0 +1,90 @@
+// Serves one agent on one address in one worker: the listening socket, its connections, the
+// agent, and their counters. Knows nothing of processes.
+#pragma once
+
+#include <spdlog/logger.h>
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+#include <unordered_set>
+
+#include "agent/agent.h"
+#include "config/config.h"
+#include "runtime/stats.h"
+#include "util/rate_limit.h"
+
+namespace spoad::runtime {
+
+class Connection;
+
+class Server {
+ public:
+  Server(uv_loop_t* loop, const config::AgentConfig& cfg, std::unique_ptr<agent::Agent> agent,
+         std::shared_ptr<spdlog::logger> log);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Starts accepting on cfg.listen: TCP sockets are bound with SO_REUSEPORT, so several
+  // workers can share the address; Unix sockets replace a stale socket file. If `fd` >= 0,
+  // that already-listening socket is used instead. Throws std::runtime_error naming the
+  // address and the system error.
+  void listen(int fd = -1);
+
+  // Soft-stop: stop accepting, let each connection finish its NOTIFYs in flight and close
+  // with AGENT-DISCONNECT status 0, stop the agent; then call `done`.
+  void soft_stop(std::function<void()> done);
+
+  // Hard-stop: close every connection now. `done` runs once all handles are closed, unless the
+  // server had already stopped (then nothing happens).
+  void hard_stop(std::function<void()> done);
+
+  const Stats& stats() const { return stats_; }
+  Stats& mutable_stats() { return stats_; }
+  agent::Agent& agent() { return *agent_; }
+  const config::AgentConfig& config() const { return cfg_; }
+  spdlog::logger& log() { return *log_; }
+  uv_loop_t* loop() const { return loop_; }
+  bool stopping() const { return stopping_; }
+  size_t connection_count() const { return conns_.size(); }
+
+  // Called by Connection.
+  void on_connection_closed(Connection* c);
+  // True if a per-request warning may be logged now (at most 10 per second per server).
+  bool log_limiter_allow();
+  // Microseconds of a monotonic clock.
+  static uint64_t now_us();
+
+ private:
+  static void on_connection(uv_stream_t* listener, int status);
+  static void on_listener_closed(uv_handle_t* h);
+  void accept_pending();
+  void close_listener();
+  void check_stopped();
+
+  uv_loop_t* loop_;
+  config::AgentConfig cfg_;
+  std::unique_ptr<agent::Agent> agent_;
+  std::shared_ptr<spdlog::logger> log_;
+  Stats stats_;
+  util::RateLimiter log_limiter_{10};
+  std::string unix_path_;  // the socket file this server created, if any
+  uint64_t unix_inode_ = 0;
+
+  union {
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } listener_;
+  bool listening_ = false;
+  bool listener_open_ = false;
+  bool listener_closing_ = false;
+  bool accept_pending_ = false;  // a connection waits in the backlog (max-connections)
+  bool stopping_ = false;
+  bool agent_stopped_ = false;
+  bool stopped_ = false;  // the stop callback has run
+  std::function<void()> stopped_cb_;
+  std::unordered_set<Connection*> conns_;
+};
+
+}  // namespace spoad::runtime

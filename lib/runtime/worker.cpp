@@ -1,0 +1,89 @@
+#include "runtime/worker.h"
+
+#include "agent/registry.h"
+#include "util/log.h"
+
+namespace spoad::runtime {
+
+Worker::Worker(uv_loop_t* loop, std::vector<config::AgentConfig> agents)
+    : loop_(loop), agents_(std::move(agents)) {
+  uv_timer_init(loop_, &grace_timer_);
+  grace_timer_.data = this;
+}
+
+Worker::~Worker() = default;
+
+void Worker::start(const std::vector<int>& fds) {
+  for (size_t i = 0; i < agents_.size(); ++i) {
+    const config::AgentConfig& ac = agents_[i];
+    agent::Context ctx;
+    ctx.name = ac.name;
+    ctx.loop = loop_;
+    ctx.log = util::make_logger(ac.name);
+    std::unique_ptr<agent::Agent> a = ac.agent_type->create(ctx, *ac.options);
+    auto s = std::make_unique<Server>(loop_, ac, std::move(a), ctx.log);
+    s->agent().start();
+    s->listen(i < fds.size() ? fds[i] : -1);
+    ctx.log->info("{} agent listening on {}", ac.type, ac.listen.str());
+    servers_.push_back(std::move(s));
+  }
+  running_ = servers_.size();
+}
+
+void Worker::server_stopped() {
+  if (running_ > 0 && --running_ > 0) return;
+  if (grace_armed_) {
+    uv_timer_stop(&grace_timer_);
+    grace_armed_ = false;
+  }
+  uv_close(reinterpret_cast<uv_handle_t*>(&grace_timer_), nullptr);
+  if (done_) {
+    auto cb = std::move(done_);
+    done_ = nullptr;
+    cb();
+  }
+}
+
+void Worker::soft_stop(uint64_t grace_ms, std::function<void()> done) {
+  if (stopping_) return;
+  stopping_ = true;
+  done_ = std::move(done);
+  if (servers_.empty()) {
+    running_ = 1;
+    server_stopped();
+    return;
+  }
+  grace_armed_ = true;
+  uv_timer_start(&grace_timer_, on_grace, grace_ms, 0);
+  for (auto& s : servers_) s->soft_stop([this] { server_stopped(); });
+}
+
+void Worker::on_grace(uv_timer_t* t) {
+  auto* w = static_cast<Worker*>(t->data);
+  w->grace_armed_ = false;
+  size_t left = 0;
+  for (auto& s : w->servers_) left += s->connection_count();
+  util::make_logger("spoad")->warn("grace period over: closing {} connection(s) still open", left);
+  for (auto& s : w->servers_) s->hard_stop([w] { w->server_stopped(); });
+}
+
+void Worker::hard_stop(std::function<void()> done) {
+  const bool was_stopping = stopping_;
+  stopping_ = true;
+  if (done) done_ = std::move(done);
+  if (servers_.empty()) {
+    if (!was_stopping) {
+      running_ = 1;
+      server_stopped();
+    }
+    return;
+  }
+  if (!was_stopping) running_ = servers_.size();
+  for (auto& s : servers_) s->hard_stop([this] { server_stopped(); });
+}
+
+void Worker::reload_agents() {
+  for (auto& s : servers_) s->agent().reload();
+}
+
+}  // namespace spoad::runtime

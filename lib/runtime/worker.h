@@ -1,0 +1,55 @@
+// The agents one process serves, each on its own Server, all on one libuv loop. Knows
+// nothing of signals or of other processes: the caller (cmd/spoad, the supervisor) decides
+// when to start and stop.
+#pragma once
+
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "config/config.h"
+#include "runtime/server.h"
+
+namespace spoad::runtime {
+
+class Worker {
+ public:
+  // `agents`: the configured agents to serve.
+  Worker(uv_loop_t* loop, std::vector<config::AgentConfig> agents);
+  ~Worker();
+
+  // Builds each agent and starts listening. `fds[i]`, if given and >= 0, is an already
+  // listening socket for agents[i]. Throws std::runtime_error (agent that cannot start,
+  // address that cannot be bound).
+  void start(const std::vector<int>& fds = {});
+
+  // Soft-stop every server; after `grace_ms` (milliseconds) whatever is left is closed at
+  // once. `done` runs when everything is closed.
+  void soft_stop(uint64_t grace_ms, std::function<void()> done);
+
+  // Hard-stop: close everything now; `done` runs when all handles are closed.
+  void hard_stop(std::function<void()> done);
+
+  // Asks each agent to re-read its external data (lists).
+  void reload_agents();
+
+  const std::vector<std::unique_ptr<Server>>& servers() const { return servers_; }
+  bool stopping() const { return stopping_; }
+
+ private:
+  static void on_grace(uv_timer_t* t);
+  void server_stopped();
+
+  uv_loop_t* loop_;
+  std::vector<config::AgentConfig> agents_;
+  std::vector<std::unique_ptr<Server>> servers_;
+  uv_timer_t grace_timer_;
+  bool grace_armed_ = false;
+  bool stopping_ = false;
+  size_t running_ = 0;
+  std::function<void()> done_;
+};
+
+}  // namespace spoad::runtime

@@ -1,0 +1,167 @@
+"""Process harness for the integration tests: real spoad, real HAProxy, real sockets.
+
+meson passes the locations through the environment:
+  SPOAD        path of the built spoad binary
+  SPOA_BENCH   path of the built spoa-bench binary
+  SOURCE_ROOT  the source tree (for config/)
+Every test gets its own ports and temporary directory, so tests can run in parallel.
+"""
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+SOURCE_ROOT = os.environ.get("SOURCE_ROOT", os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+CONFIG_DIR = os.path.join(SOURCE_ROOT, "config")
+SPOAD = os.environ.get("SPOAD", os.path.join(SOURCE_ROOT, "build", "cmd", "spoad", "spoad"))
+SPOA_BENCH = os.environ.get("SPOA_BENCH", os.path.join(SOURCE_ROOT, "build", "cmd", "spoa-bench", "spoa-bench"))
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+
+
+def free_port():
+    """A TCP port nobody listens on right now (IPv4 loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout=10.0, interval=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    return pred()
+
+
+def port_open(port, host="127.0.0.1"):
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid):
+    """True if `pid` exists and is not a zombie (checked through /proc)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+class Proc:
+    """A child process whose stderr/stdout go to a log file in the test's directory."""
+
+    def __init__(self, name, argv, workdir, env=None, cwd=None):
+        self.name = name
+        self.log_path = os.path.join(workdir, name + ".log")
+        self.log = open(self.log_path, "wb")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
+                                  cwd=cwd, start_new_session=True)
+        self.pid = self.p.pid
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout=10.0):
+        try:
+            return self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, sig=signal.SIGTERM, timeout=5.0):
+        if self.alive():
+            os.kill(self.pid, sig)
+            if self.wait(timeout) is None:
+                os.kill(self.pid, signal.SIGKILL)
+                self.wait(5)
+        self.log.close()
+        return self.p.returncode
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+
+class Env:
+    """A temporary directory plus the processes a test starts; stop() cleans up."""
+
+    def __init__(self, name):
+        self.dir = tempfile.mkdtemp(prefix="spoad-%s-" % name)
+        self.procs = []
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def write(self, name, text):
+        p = self.path(name)
+        with open(p, "w") as f:
+            f.write(text)
+        return p
+
+    def start(self, name, argv, env=None, cwd=None):
+        p = Proc(name, argv, self.dir, env, cwd)
+        self.procs.append(p)
+        return p
+
+    def spoad(self, config, env=None, args=(), name="spoad"):
+        return self.start(name, [SPOAD, "-f", config] + list(args), env=env)
+
+    def haproxy(self, config, env=None, args=(), name="haproxy"):
+        """HAProxy in the foreground (-db); `config` may be a path in config/ or anywhere."""
+        return self.start(name, [HAPROXY, "-db", "-f", config] + list(args), env=env, cwd=self.dir)
+
+    def stop(self):
+        for p in reversed(self.procs):
+            p.stop()
+
+    def dump_logs(self):
+        out = []
+        for p in self.procs:
+            out.append("----- %s (%s) -----\n%s" % (p.name, p.log_path, p.output()[-20000:]))
+        return "\n".join(out)
+
+
+def http_request(port, path="/", method="GET", source=None, headers=None, body=None, host="127.0.0.1",
+                 timeout=10.0):
+    """One HTTP/1.1 request on a new connection. Returns (status, headers dict lowercased, body)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout,
+                                      source_address=(source, 0) if source else None)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def haproxy_stats_cmd(sock_path, cmd, timeout=5.0):
+    """Sends one command to a HAProxy stats (or master) socket and returns the answer."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(sock_path)
+    s.sendall(cmd.encode() + b"\n")
+    out = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    s.close()
+    return out.decode()
