@@ -93,9 +93,13 @@ class Proc:
         return self.p.returncode
 
     def output(self):
-        self.log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        if not self.log.closed:
+            self.log.flush()
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return "(log removed)"
 
 
 class Env:
@@ -127,8 +131,11 @@ class Env:
         return self.start(name, [HAPROXY, "-db", "-f", config] + list(args), env=env, cwd=self.dir)
 
     def stop(self):
+        """Stops the processes; removes the directory unless SPOAD_KEEP_TMP is set."""
         for p in reversed(self.procs):
             p.stop()
+        if not os.environ.get("SPOAD_KEEP_TMP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def dump_logs(self):
         out = []
