@@ -46,7 +46,8 @@ class Agent {
   virtual void start() {}
 
   // Soft-stop: finish outstanding work (pending replies, exports), then call `done`. The
-  // default has nothing to finish.
+  // default has nothing to finish. After a hard-stop the agent may be destroyed before `done`
+  // was called: its destructor must then close whatever loop handles it still has.
   virtual void stop(std::function<void()> done) { done(); }
 
   // Re-reads external data (lists, files) after a reload request. Default: nothing.
