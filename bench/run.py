@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""spoad benchmarks. Prints figures; asserts nothing. Run through scripts/bench.
+
+  agent    spoa-bench -> spoad ip-checker (one worker): NOTIFY->ACK per second and latency,
+           beside the echo agent on the same runtime as a same-run baseline.
+  e2e      wrk -> HAProxy 2.6 (nbthread 1, http-request return) with one NOTIFY per request to
+           spoad, as a ratio of req/s to the same HAProxy frontend without SPOE, same run.
+  memory   RSS of an idle spoad; load time and RSS with 1,000,000 deny prefixes; lookup
+           latency from ip-checker-bench.
+
+The machines are shared and noisy: every figure is a median of several rounds, and the
+comparisons are ratios against a baseline measured in the same run.
+"""
+import argparse
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
+import harness  # noqa: E402
+
+BUILD = os.environ.get("BUILD_DIR", os.path.join(harness.SOURCE_ROOT, "build"))
+SPOA_BENCH = os.path.join(BUILD, "cmd", "spoa-bench", "spoa-bench")
+IPC_BENCH = os.path.join(BUILD, "agents", "ip-checker", "ip-checker-bench")
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def fig(name, value, unit="", note=""):
+    print("%-34s %12s %-6s %s" % (name, value, unit, note), flush=True)
+
+
+def spoa_bench(addr, seconds, conns, depth, message, args):
+    argv = [SPOA_BENCH, "-a", addr, "-c", str(conns), "-d", str(depth), "-t", str(seconds),
+            "--warmup", "1", "-m", message, "--json"]
+    if args is None:
+        argv.append("--no-args")
+    for a in args or []:
+        argv += ["--arg", a]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    try:
+        return json.loads(out.stdout)
+    except ValueError:
+        raise RuntimeError("spoa-bench failed: %s %s" % (out.stdout, out.stderr))
+
+
+def bench_agent(rounds, seconds):
+    print("== agent: spoa-bench -> spoad (one process, one loop), 4 connections x depth 16")
+    env = harness.Env("bench-agent")
+    try:
+        p_ip, p_echo = harness.free_port(), harness.free_port()
+        lists = env.write("deny.txt", "".join("10.%d.%d.0/24 ; bench\n" % (i // 256, i % 256)
+                                              for i in range(10000)))
+        cfg = env.write("spoad.yaml", """
+agents:
+  - name: iprep
+    type: ip-checker
+    listen: 127.0.0.1:%d
+    deny:
+      - name: bench
+        score: 100
+        file: %s
+  - name: echo
+    type: echo
+    listen: 127.0.0.1:%d
+""" % (p_ip, lists, p_echo))
+        spoad = env.spoad(cfg, args=["-l", "warn"])
+        if not harness.wait_for(lambda: harness.port_open(p_ip) and harness.port_open(p_echo)):
+            raise RuntimeError(env.dump_logs())
+        ip_runs, echo_runs = [], []
+        for _ in range(rounds):
+            ip_runs.append(spoa_bench("127.0.0.1:%d" % p_ip, seconds, 4, 16, "check-client-ip",
+                                      ["ip=ipv4:10.1.2.3"]))
+            echo_runs.append(spoa_bench("127.0.0.1:%d" % p_echo, seconds, 4, 16, "ping", None))
+        def med(runs, *path):
+            vals = []
+            for r in runs:
+                for k in path:
+                    r = r[k]
+                vals.append(r)
+            return statistics.median(vals)
+        errors = sum(r["errors"]["total"] for r in ip_runs + echo_runs)
+        fig("agent.ip_checker.frames_per_s", int(med(ip_runs, "frames_per_s")), "/s",
+            "target >= 200000 (median of %d x %ds)" % (rounds, seconds))
+        fig("agent.ip_checker.p50_us", med(ip_runs, "latency_us", "p50"), "us")
+        fig("agent.ip_checker.p99_us", med(ip_runs, "latency_us", "p99"), "us", "target < 1000")
+        fig("agent.ip_checker.max_us", med(ip_runs, "latency_us", "max"), "us")
+        fig("agent.echo_baseline.frames_per_s", int(med(echo_runs, "frames_per_s")), "/s",
+            "same runtime, echo agent, message without arguments")
+        fig("agent.ratio_ip_checker_to_echo",
+            "%.2f" % (med(ip_runs, "frames_per_s") / med(echo_runs, "frames_per_s")), "")
+        fig("agent.errors", errors, "", "must be 0")
+        fig("agent.spoad_rss_after", rss_kib(spoad.pid) // 1024, "MiB")
+    finally:
+        env.stop()
+
+
+E2E_HAPROXY = """
+global
+    nbthread 1
+    tune.bufsize 16384
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend with_spoe
+    bind 127.0.0.1:%(fe_spoe)d
+    filter spoe engine ip-checker config %(spoe)s
+    http-request deny deny_status 403 if { var(txn.iprep.blocked) -m bool }
+    http-request return status 200 content-type text/plain string "ok"
+frontend without_spoe
+    bind 127.0.0.1:%(fe_plain)d
+    http-request return status 200 content-type text/plain string "ok"
+backend spoe-ip-checker
+    mode tcp
+    timeout connect 1s
+    timeout server 3m
+    server spoad %(agent)s
+"""
+
+
+def wrk(port, seconds, conns):
+    out = subprocess.run(["wrk", "-t1", "-c%d" % conns, "-d%ds" % seconds, "--latency",
+                          "http://127.0.0.1:%d/" % port], capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99_us = None
+    if p99:
+        p99_us = float(p99.group(1)) * {"us": 1, "ms": 1000, "s": 1e6}[p99.group(2)]
+    return (float(m.group(1)) if m else 0.0,
+            int(non2xx.group(1)) if non2xx else 0,
+            sum(int(x) for x in errs.groups()) if errs else 0, p99_us)
+
+
+def bench_e2e(rounds, seconds):
+    print("== e2e: wrk -> HAProxy %s (nbthread 1) -> SPOE -> spoad ip-checker"
+          % subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split()[2])
+    env = harness.Env("bench-e2e")
+    try:
+        agent = harness.free_port()
+        p = {"fe_spoe": harness.free_port(), "fe_plain": harness.free_port(),
+             "agent": "127.0.0.1:%d" % agent,
+             "spoe": os.path.join(harness.CONFIG_DIR, "spoe-ip-checker.cfg")}
+        cfg = env.write("spoad.yaml", """
+agents:
+  - name: iprep
+    type: ip-checker
+    listen: 127.0.0.1:%d
+    deny:
+      - name: bench
+        score: 100
+        entries: [192.0.2.0/24]
+""" % agent)
+        env.spoad(cfg, args=["-l", "warn"])
+        harness.wait_for(lambda: harness.port_open(agent))
+        env.haproxy(env.write("haproxy.cfg", E2E_HAPROXY % p))
+        harness.wait_for(lambda: harness.port_open(p["fe_spoe"]) and harness.port_open(p["fe_plain"]))
+        wrk(p["fe_spoe"], 1, 16)  # warm-up: connections to the agent are open
+        with_s, without_s, ratios, bad, p99s = [], [], [], 0, []
+        for _ in range(rounds):
+            a, na, ea, pa = wrk(p["fe_spoe"], seconds, 32)
+            b, nb, eb, pb = wrk(p["fe_plain"], seconds, 32)
+            with_s.append(a)
+            without_s.append(b)
+            ratios.append(a / b if b else 0)
+            bad += na + ea + nb + eb
+            p99s.append((pa, pb))
+        fig("e2e.with_spoe_req_per_s", int(statistics.median(with_s)), "/s")
+        fig("e2e.without_spoe_req_per_s", int(statistics.median(without_s)), "/s", "baseline")
+        fig("e2e.ratio", "%.2f" % statistics.median(ratios), "", "target >= 0.5 (median of %d)"
+            % rounds)
+        fig("e2e.with_spoe_p99", statistics.median(x[0] for x in p99s if x[0]), "us")
+        fig("e2e.without_spoe_p99", statistics.median(x[1] for x in p99s if x[1]), "us")
+        fig("e2e.failed_or_non2xx", bad, "", "must be 0")
+    finally:
+        env.stop()
+
+
+def bench_memory():
+    print("== memory")
+    env = harness.Env("bench-mem")
+    try:
+        port = harness.free_port()
+        cfg = env.write("idle.yaml", """
+agents:
+  - name: iprep
+    type: ip-checker
+    listen: 127.0.0.1:%d
+    deny:
+      - name: small
+        score: 100
+        entries: [192.0.2.0/24]
+""" % port)
+        idle = env.spoad(cfg, args=["-l", "warn"], name="idle")
+        harness.wait_for(lambda: harness.port_open(port))
+        time.sleep(0.5)
+        fig("memory.idle_rss", "%.1f" % (rss_kib(idle.pid) / 1024), "MiB", "target <= 8")
+        idle.stop()
+
+        rng = random.Random(1)
+        path = env.path("million.netset")
+        with open(path, "w") as f:
+            f.write("# 1,000,000 random deny prefixes\n")
+            for _ in range(1_000_000):
+                plen = rng.randint(8, 32)
+                a = rng.getrandbits(32) & ~((1 << (32 - plen)) - 1) & 0xFFFFFFFF
+                f.write("%d.%d.%d.%d/%d\n" % (a >> 24, (a >> 16) & 255, (a >> 8) & 255, a & 255, plen))
+        port = harness.free_port()
+        cfg = env.write("million.yaml", """
+agents:
+  - name: iprep
+    type: ip-checker
+    listen: 127.0.0.1:%d
+    deny:
+      - name: million
+        score: 100
+        file: %s
+""" % (port, path))
+        t0 = time.time()
+        big = env.spoad(cfg, args=["-l", "warn"], name="million")
+        harness.wait_for(lambda: harness.port_open(port), timeout=60, interval=0.01)
+        load_s = time.time() - t0
+        time.sleep(0.5)
+        fig("memory.million_prefixes_rss", "%.1f" % (rss_kib(big.pid) / 1024), "MiB",
+            "target <= 64")
+        fig("memory.million_prefixes_start", int(load_s * 1000), "ms",
+            "process start to listening, list load included; target < 2000")
+        big.stop()
+    finally:
+        env.stop()
+    if os.path.exists(IPC_BENCH):
+        out = subprocess.run([IPC_BENCH], capture_output=True, text=True, timeout=300).stdout
+        for line in out.splitlines():
+            print("  ip-checker-bench: " + line)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("which", nargs="*", default=["agent", "e2e", "memory"])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    a = ap.parse_args()
+    for w in a.which:
+        {"agent": lambda: bench_agent(a.rounds, a.seconds),
+         "e2e": lambda: bench_e2e(a.rounds, a.seconds),
+         "memory": bench_memory}[w]()
+
+
+if __name__ == "__main__":
+    main()
