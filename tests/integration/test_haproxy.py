@@ -110,6 +110,69 @@ class HealthCheckDown(unittest.TestCase):
             .startswith("DOWN"), timeout=15), env.dump_logs())
 
 
+RELOAD_SPOAD = """
+agents:
+  - name: iprep
+    type: ip-checker
+    listen: 127.0.0.1:%(agent)d
+    watch: %(watch)s
+    watch-delay: 100ms
+    deny:
+      - name: live
+        score: 100
+        file: %(list)s
+"""
+
+
+class ListReload(unittest.TestCase):
+    """Deny lists change while HAProxy keeps sending traffic: no restart needed."""
+
+    def start(self, watch):
+        env = harness.Env("reload")
+        self.addCleanup(env.stop)
+        p = {"agent": harness.free_port(), "list": env.path("live.txt"), "watch": watch}
+        fe = harness.free_port()
+        self.write_list(p["list"], "192.0.2.0/24\n")
+        v = {"SPOAD_IPREP_ADDR": "127.0.0.1:%d" % p["agent"], "HAPROXY_BIND": "127.0.0.1:%d" % fe,
+             "HAPROXY_STATS_SOCKET": env.path("h.sock"), "SPOE_DIR": harness.CONFIG_DIR}
+        spoad = env.spoad(env.write("spoad.yaml", RELOAD_SPOAD % p))
+        self.assertTrue(harness.wait_for(lambda: harness.port_open(p["agent"])), env.dump_logs())
+        env.haproxy(os.path.join(harness.CONFIG_DIR, "haproxy.cfg"), env=v)
+        self.assertTrue(harness.wait_for(lambda: harness.port_open(fe)), env.dump_logs())
+        return env, spoad, fe, p["list"]
+
+    @staticmethod
+    def write_list(path, text):
+        tmp = path + ".new"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, path)  # as list updaters do: replace the file atomically
+
+    def status(self, fe, src="127.0.0.77"):
+        return harness.http_request(fe, "/", source=src)[0]
+
+    def test_file_change_is_picked_up_and_a_broken_file_keeps_the_old_list(self):
+        env, spoad, fe, lst = self.start("true")
+        self.assertEqual(self.status(fe), 200)
+        self.write_list(lst, "192.0.2.0/24\n127.0.0.77/32 ; added\n")
+        self.assertTrue(harness.wait_for(lambda: self.status(fe) == 403, timeout=5),
+                        env.dump_logs()[-3000:])
+        with open(lst, "a") as f:  # in-place edit that breaks the file
+            f.write("not-an-address\n")
+        time.sleep(1.0)
+        self.assertEqual(self.status(fe), 403)  # the previous list still applies
+        self.assertIn(lst + ":3", spoad.output())  # and the log says why, with file:line
+
+    def test_sighup_reloads_lists(self):
+        env, spoad, fe, lst = self.start("false")
+        self.write_list(lst, "127.0.0.77/32\n")
+        time.sleep(0.5)
+        self.assertEqual(self.status(fe), 200)  # not watched: nothing changes by itself
+        spoad.send_signal(signal.SIGHUP)
+        self.assertTrue(harness.wait_for(lambda: self.status(fe) == 403, timeout=5),
+                        env.dump_logs()[-3000:])
+
+
 FRAG_SPOAD = """
 agents:
   - name: echo

@@ -70,6 +70,7 @@ agents:
   - name: local
     type: echo
     listen: unix:%s
+    async: true
 """ % (cls.port, cls.slow_port, cls.unix))
         cls.spoad = cls.env.spoad(cfg)
         ok = harness.wait_for(lambda: harness.port_open(cls.port) and os.path.exists(cls.unix))
@@ -221,9 +222,10 @@ agents:
         kv = self.expect_disconnect(c, 0)
         self.assertEqual(kv["message"], "normal")
 
-    def test_unix_socket(self):
+    def test_unix_socket_and_async_when_enabled(self):
         c = self.client(self.unix)
-        c.handshake()
+        caps = c.handshake(capabilities="pipelining,async").kv()["capabilities"].split(",")
+        self.assertIn("async", caps)
         c.send(spop.notify(1, 1, [("m", [("x", "y")])]))
         self.assertEqual(c.recv_frame().actions()["txn.x"], "y")
 

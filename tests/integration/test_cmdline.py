@@ -1,0 +1,125 @@
+"""spoad's command line: --version, -c (config check), start-up failures, signals."""
+import os
+import signal
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
+import spop  # noqa: E402
+
+
+def run(*args, timeout=30):
+    return subprocess.run([harness.SPOAD] + list(args), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+class CommandLine(unittest.TestCase):
+    def setUp(self):
+        self.env = harness.Env("cmdline")
+        self.addCleanup(self.env.stop)
+
+    def test_version(self):
+        r = run("--version")
+        self.assertEqual(r.returncode, 0)
+        self.assertRegex(r.stdout, r"^spoad version \S+\n$")
+
+    def test_check_valid_shipped_config(self):
+        r = run("-c", "-f", os.path.join(harness.CONFIG_DIR, "spoad.yaml"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Configuration file is valid", r.stdout)
+
+    def test_check_reports_file_line_and_key(self):
+        cases = [
+            ("agents:\n  - name: a\n    type: ip-checker\n    listen: 127.0.0.1:1\n"
+             "    deny:\n      - name: d\n        score: 10\n        entries: [10.0.0.0/8]\n"
+             "        colour: red\n",
+             ":9: agents[0].deny[0].colour: unknown key"),
+            ("agents:\n  - name: a\n    type: nope\n    listen: 127.0.0.1:1\n",
+             ":3: agents[0].type: unknown agent type \"nope\""),
+            ("agents:\n  - name: a\n    type: ip-checker\n    listen: 127.0.0.1:1\n"
+             "    deny:\n      - name: d\n        score: 10\n        entries: [10.0.0.300/8]\n",
+             ":8: agents[0].deny[0].entries: entry 1 \"10.0.0.300/8\""),
+            ("agents:\n  - name: a\n  type: echo\n", "YAML syntax error"),
+        ]
+        for i, (text, expected) in enumerate(cases):
+            with self.subTest(case=i):
+                path = self.env.write("bad%d.yaml" % i, text)
+                r = run("-c", "-f", path)
+                self.assertEqual(r.returncode, 1, r.stdout)
+                self.assertIn(path, r.stderr)
+                self.assertIn(expected, r.stderr)
+
+    def test_check_loads_list_files(self):
+        lst = self.env.write("drop.txt", "192.0.2.0/24 ; ok\nthis is not an address\n")
+        path = self.env.write("cfg.yaml", "agents:\n  - name: a\n    type: ip-checker\n"
+                              "    listen: 127.0.0.1:1\n    deny:\n      - name: drop\n"
+                              "        score: 100\n        file: %s\n" % lst)
+        r = run("-c", "-f", path)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(lst + ":2", r.stderr)
+
+    def test_missing_file(self):
+        r = run("-f", "/nonexistent/spoad.yaml")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("/nonexistent/spoad.yaml: cannot open", r.stderr)
+
+    def test_address_in_use_fails_start(self):
+        port = harness.free_port()
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", port))  # bound without SO_REUSEPORT: spoad cannot share it
+        s.listen()
+        self.addCleanup(s.close)
+        path = self.env.write("cfg.yaml", "agents:\n  - name: a\n    type: echo\n"
+                              "    listen: 127.0.0.1:%d\n" % port)
+        r = run("-f", path, timeout=10)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("cannot listen on 127.0.0.1:%d" % port, r.stderr)
+
+    def test_sigterm_and_sigusr1_exit_cleanly(self):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            with self.subTest(signal=sig):
+                port = harness.free_port()
+                path = self.env.write("cfg.yaml", "global:\n  grace: 2s\nagents:\n  - name: a\n"
+                                      "    type: echo\n    listen: 127.0.0.1:%d\n" % port)
+                p = self.env.spoad(path, name="sig%d" % sig)
+                self.assertTrue(harness.wait_for(lambda: harness.port_open(port)))
+                c = spop.Client(("127.0.0.1", port))
+                c.handshake()
+                p.send_signal(sig)
+                if sig == signal.SIGUSR1:
+                    # Soft-stop: the idle connection gets AGENT-DISCONNECT status 0.
+                    f = c.recv_frame()
+                    self.assertEqual(f.type, spop.AGENT_DISCONNECT)
+                    self.assertEqual(f.kv()["status-code"], 0)
+                t0 = time.time()
+                self.assertEqual(p.wait(5), 0, p.output())
+                self.assertLess(time.time() - t0, 2.5)
+                c.close()
+
+    def test_soft_stop_finishes_notifys_in_flight(self):
+        port = harness.free_port()
+        path = self.env.write("cfg.yaml", "global:\n  grace: 5s\nagents:\n  - name: a\n"
+                              "    type: echo\n    listen: 127.0.0.1:%d\n" % port)
+        p = self.env.spoad(path)
+        self.assertTrue(harness.wait_for(lambda: harness.port_open(port)))
+        c = spop.Client(("127.0.0.1", port))
+        c.handshake()
+        c.send(spop.notify(1, 1, [("m", [("delay_ms", 500)])]))
+        time.sleep(0.1)
+        p.send_signal(signal.SIGUSR1)
+        time.sleep(0.1)
+        self.assertFalse(harness.port_open(port), "still accepting after SIGUSR1")
+        f = c.recv_frame()
+        self.assertEqual((f.type, f.sid), (spop.ACK, 1))  # the NOTIFY in flight is answered
+        f = c.recv_frame()
+        self.assertEqual(f.type, spop.AGENT_DISCONNECT)  # then the connection is closed
+        self.assertEqual(p.wait(5), 0)
+        c.close()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
