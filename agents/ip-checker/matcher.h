@@ -6,8 +6,9 @@
 //   - if any allow entry contains A, A is allowed: score 0, and the reported list is the
 //     allow list of the longest such prefix;
 //   - otherwise the score is the highest score of the deny lists with an entry containing A,
-//     and the reported list is the one of those lists whose entry is the longest prefix;
-//   - ties (same prefix in several lists) go to the list given first to build().
+//     and the reported list is the list that gave that score; among lists with the same
+//     score, the one whose entry is the longest prefix;
+//   - remaining ties (same prefix, same score) go to the list given first to build().
 // IPv4 addresses are compared as their IPv4-mapped IPv6 form ::ffff:a.b.c.d, as HAProxy
 // compares addresses with patterns: the IPv6 entry ::ffff:10.0.0.0/104 is 10.0.0.0/8, and
 // ::/0 contains every IPv4 address. Prefix lengths are compared in that 128-bit form.
