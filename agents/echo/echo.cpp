@@ -10,16 +10,26 @@ namespace {
 
 const char* type_name(spop::DataType t) {
   switch (t) {
-    case spop::DataType::kNull: return "null";
-    case spop::DataType::kBool: return "bool";
-    case spop::DataType::kInt32: return "int32";
-    case spop::DataType::kUint32: return "uint32";
-    case spop::DataType::kInt64: return "int64";
-    case spop::DataType::kUint64: return "uint64";
-    case spop::DataType::kIpv4: return "ipv4";
-    case spop::DataType::kIpv6: return "ipv6";
-    case spop::DataType::kString: return "str";
-    case spop::DataType::kBinary: return "bin";
+    case spop::DataType::kNull:
+      return "null";
+    case spop::DataType::kBool:
+      return "bool";
+    case spop::DataType::kInt32:
+      return "int32";
+    case spop::DataType::kUint32:
+      return "uint32";
+    case spop::DataType::kInt64:
+      return "int64";
+    case spop::DataType::kUint64:
+      return "uint64";
+    case spop::DataType::kIpv4:
+      return "ipv4";
+    case spop::DataType::kIpv6:
+      return "ipv6";
+    case spop::DataType::kString:
+      return "str";
+    case spop::DataType::kBinary:
+      return "bin";
   }
   return "?";
 }
@@ -48,8 +58,9 @@ std::unique_ptr<agent::Agent> create(const agent::Context& ctx, const agent::Age
 
 }  // namespace
 
-SPOAD_REGISTER_AGENT(echo, "echo", "diagnostic: sends each argument back with its type, length and digest",
-                     parse, create);
+SPOAD_REGISTER_AGENT(echo, "echo",
+                     "diagnostic: sends each argument back with its type, length and digest", parse,
+                     create);
 
 std::string sha256_hex(std::string_view data) {
   unsigned char md[EVP_MAX_MD_SIZE];
@@ -65,8 +76,7 @@ std::string sha256_hex(std::string_view data) {
   return hex;
 }
 
-EchoAgent::EchoAgent(const agent::Context& ctx, const EchoOptions& opts)
-    : ctx_(ctx), opts_(opts) {}
+EchoAgent::EchoAgent(const agent::Context& ctx, const EchoOptions& opts) : ctx_(ctx), opts_(opts) {}
 
 EchoAgent::~EchoAgent() {
   // Hard-stop with ACKs still held: the connections are gone; release the timers. Holds whose

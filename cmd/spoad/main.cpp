@@ -47,7 +47,9 @@ int check_config(const Config& cfg) {
 class SingleProcess {
  public:
   SingleProcess(uv_loop_t* loop, const Config& cfg)
-      : loop_(loop), cfg_(cfg), log_(spoad::util::make_logger("spoad")),
+      : loop_(loop),
+        cfg_(cfg),
+        log_(spoad::util::make_logger("spoad")),
         worker_(std::make_unique<spoad::runtime::Worker>(loop, cfg.agents)) {}
 
   int run() {

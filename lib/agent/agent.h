@@ -21,9 +21,9 @@ namespace spoad::agent {
 
 // What an agent may use of its environment.
 struct Context {
-  std::string name;                      // the agent's configured name ("iprep")
-  uv_loop_t* loop = nullptr;             // the worker's loop; nullptr during `spoad -c`
-  std::shared_ptr<spdlog::logger> log;   // tagged with the agent name
+  std::string name;                     // the agent's configured name ("iprep")
+  uv_loop_t* loop = nullptr;            // the worker's loop; nullptr during `spoad -c`
+  std::shared_ptr<spdlog::logger> log;  // tagged with the agent name
 };
 
 // A command an agent adds to its worker's CLI (`@1 show lists`).

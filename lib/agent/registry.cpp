@@ -30,7 +30,8 @@ const AgentType* find_agent_type(std::string_view name) {
 
 std::vector<const AgentType*> agent_types() {
   std::vector<const AgentType*> out;
-  for (const auto& [name, t] : types()) out.push_back(&t);
+  for (const auto& [name, t] : types())
+    out.push_back(&t);
   return out;
 }
 

@@ -43,5 +43,9 @@ struct AgentRegistrar {
 }  // namespace spoad::agent
 
 // Registers an AgentType from the agent's own .cpp file (static initialisation).
-#define SPOAD_REGISTER_AGENT(var, ...) \
-  static const ::spoad::agent::AgentRegistrar var##_registrar { ::spoad::agent::AgentType{__VA_ARGS__} }
+#define SPOAD_REGISTER_AGENT(var, ...)                          \
+  static const ::spoad::agent::AgentRegistrar var##_registrar { \
+    ::spoad::agent::AgentType {                                 \
+      __VA_ARGS__                                               \
+    }                                                           \
+  }

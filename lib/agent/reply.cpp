@@ -16,7 +16,9 @@ void Reply::unset_var(spop::Scope scope, std::string_view name) {
   ++action_count_;
 }
 
-Deferred Reply::defer() { return Deferred(this); }
+Deferred Reply::defer() {
+  return Deferred(this);
+}
 
 void Reply::reset(Owner* owner, uint64_t stream_id, uint64_t frame_id) {
   owner_ = owner;
@@ -29,8 +31,10 @@ void Reply::reset(Owner* owner, uint64_t stream_id, uint64_t frame_id) {
 
 void Reply::release() {
   if (--holds_ > 0) return;
-  if (owner_) owner_->on_reply_complete(*this);
-  else delete this;
+  if (owner_)
+    owner_->on_reply_complete(*this);
+  else
+    delete this;
 }
 
 }  // namespace spoad::agent

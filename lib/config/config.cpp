@@ -133,7 +133,7 @@ Config parse_config(const std::string& text, const std::string& file_name) {
 
   Options global = top.map("global");
   cfg.log_level = global.str("log-level", cfg.log_level);
-  static const std::set<std::string> levels = {"trace", "debug", "info",    "warn",
+  static const std::set<std::string> levels = {"trace", "debug",    "info", "warn",
                                                "error", "critical", "off"};
   if (!levels.contains(cfg.log_level))
     global.fail("log-level", "expected trace, debug, info, warn, error, critical or off");

@@ -73,8 +73,8 @@ struct AgentConfig {
 };
 
 struct CliConfig {
-  std::string socket;     // "" = no master CLI
-  uint32_t mode = 0600;   // permission bits of the socket
+  std::string socket;    // "" = no master CLI
+  uint32_t mode = 0600;  // permission bits of the socket
 };
 
 struct Config {

@@ -51,13 +51,16 @@ std::string expand_env(std::string_view in) {
     if (close == std::string_view::npos) throw std::invalid_argument("unclosed \"${\"");
     std::string_view body = in.substr(i + 2, close - i - 2);
     size_t n = 0;
-    while (n < body.size() && is_var_char(body[n])) ++n;
+    while (n < body.size() && is_var_char(body[n]))
+      ++n;
     const std::string name(body.substr(0, n));
     if (name.empty() || (n < body.size() && body[n] != '-'))
       throw std::invalid_argument("malformed variable \"${" + std::string(body) + "}\"");
     const char* val = std::getenv(name.c_str());
-    if (val) out += val;
-    else if (n < body.size()) out += body.substr(n + 1);
+    if (val)
+      out += val;
+    else if (n < body.size())
+      out += body.substr(n + 1);
     i = close + 1;
   }
   return out;
@@ -65,17 +68,24 @@ std::string expand_env(std::string_view in) {
 
 bool parse_duration_ms(std::string_view s, uint64_t* ms) {
   size_t n = 0;
-  while (n < s.size() && s[n] >= '0' && s[n] <= '9') ++n;
+  while (n < s.size() && s[n] >= '0' && s[n] <= '9')
+    ++n;
   uint64_t v = 0;
   if (!parse_u64(s.substr(0, n), &v)) return false;
   const std::string_view unit = s.substr(n);
   uint64_t mult = 0;
-  if (unit.empty() || unit == "ms") mult = 1;
-  else if (unit == "s") mult = 1000;
-  else if (unit == "m") mult = 60'000;
-  else if (unit == "h") mult = 3'600'000;
-  else if (unit == "d") mult = 86'400'000;
-  else return false;
+  if (unit.empty() || unit == "ms")
+    mult = 1;
+  else if (unit == "s")
+    mult = 1000;
+  else if (unit == "m")
+    mult = 60'000;
+  else if (unit == "h")
+    mult = 3'600'000;
+  else if (unit == "d")
+    mult = 86'400'000;
+  else
+    return false;
   if (v > std::numeric_limits<uint64_t>::max() / mult) return false;
   *ms = v * mult;
   return true;
@@ -83,17 +93,23 @@ bool parse_duration_ms(std::string_view s, uint64_t* ms) {
 
 bool parse_size(std::string_view s, uint64_t* bytes) {
   size_t n = 0;
-  while (n < s.size() && s[n] >= '0' && s[n] <= '9') ++n;
+  while (n < s.size() && s[n] >= '0' && s[n] <= '9')
+    ++n;
   uint64_t v = 0;
   if (!parse_u64(s.substr(0, n), &v)) return false;
   std::string_view unit = s.substr(n);
   if (!unit.empty() && (unit.back() == 'b' || unit.back() == 'B')) unit.remove_suffix(1);
   uint64_t mult = 0;
-  if (unit.empty()) mult = 1;
-  else if (unit == "k" || unit == "K") mult = 1ull << 10;
-  else if (unit == "m" || unit == "M") mult = 1ull << 20;
-  else if (unit == "g" || unit == "G") mult = 1ull << 30;
-  else return false;
+  if (unit.empty())
+    mult = 1;
+  else if (unit == "k" || unit == "K")
+    mult = 1ull << 10;
+  else if (unit == "m" || unit == "M")
+    mult = 1ull << 20;
+  else if (unit == "g" || unit == "G")
+    mult = 1ull << 30;
+  else
+    return false;
   if (v > std::numeric_limits<uint64_t>::max() / mult) return false;
   *bytes = v * mult;
   return true;
@@ -167,8 +183,8 @@ int64_t Options::integer(std::string_view key, int64_t def, int64_t min, int64_t
   if (ec != std::errc() || p != s->data() + s->size())
     fail(key, "expected an integer, got \"" + *s + "\"");
   if (v < min || v > max)
-    fail(key, "must be between " + std::to_string(min) + " and " + std::to_string(max) +
-                  ", got " + *s);
+    fail(key,
+         "must be between " + std::to_string(min) + " and " + std::to_string(max) + ", got " + *s);
   return v;
 }
 
@@ -189,8 +205,8 @@ double Options::number(std::string_view key, double def, double min, double max)
   if (s->empty() || errno != 0 || end != s->c_str() + s->size())
     fail(key, "expected a number, got \"" + *s + "\"");
   if (v < min || v > max)
-    fail(key, "must be between " + std::to_string(min) + " and " + std::to_string(max) +
-                  ", got " + *s);
+    fail(key,
+         "must be between " + std::to_string(min) + " and " + std::to_string(max) + ", got " + *s);
   return v;
 }
 
@@ -226,7 +242,8 @@ std::vector<std::string> Options::str_list(std::string_view key) {
     return out;
   }
   if (!n.IsSequence()) fail(key, "expected a value or a list of values");
-  for (const auto& item : n) out.push_back(scalar(key, item));
+  for (const auto& item : n)
+    out.push_back(scalar(key, item));
   return out;
 }
 

@@ -40,10 +40,13 @@ Connection::Connection(Server& server)
 }
 
 Connection::~Connection() {
-  for (agent::Reply* r : free_replies_) delete r;
+  for (agent::Reply* r : free_replies_)
+    delete r;
 }
 
-uv_loop_t* Connection::loop() const { return server_.loop(); }
+uv_loop_t* Connection::loop() const {
+  return server_.loop();
+}
 
 int Connection::accept(uv_stream_t* listener) {
   const int rc = uv_accept(listener, stream());
@@ -257,8 +260,8 @@ void Connection::handle_hello(const spop::Frame& f) {
   }
   if (server_.log().should_log(spdlog::level::debug))
     server_.log().debug(
-        "HELLO from {}: engine-id={} max-frame-size={} (negotiated {}) capabilities=\"{}\"",
-        peer_, h.engine_id, h.max_frame_size, max_frame_size_, h.capabilities);
+        "HELLO from {}: engine-id={} max-frame-size={} (negotiated {}) capabilities=\"{}\"", peer_,
+        h.engine_id, h.max_frame_size, max_frame_size_, h.capabilities);
   state_ = State::kReady;
   set_inflight(0);
   deadline_ms_ = last_activity_ms_ + rt.idle_timeout_ms;
@@ -385,7 +388,8 @@ void Connection::disconnect(spop::Status status, const char* message) {
   spop::write_agent_disconnect(out_, status, msg);
   ++server_.mutable_stats().disconnects_sent[Stats::status_index(status)];
   // No ACK can follow a DISCONNECT: cancel the replies still being built.
-  for (agent::Reply* r : outstanding_) r->detach();
+  for (agent::Reply* r : outstanding_)
+    r->detach();
   outstanding_.clear();
   state_ = State::kClosing;
   set_inflight(0);
@@ -481,14 +485,17 @@ void Connection::set_inflight(uint32_t n) {
   const bool idle_now = state_ == State::kReady && n == 0;
   if (idle_now != counted_idle_) {
     counted_idle_ = idle_now;
-    if (idle_now) ++st.conns_idle;
-    else --st.conns_idle;
+    if (idle_now)
+      ++st.conns_idle;
+    else
+      --st.conns_idle;
   }
 }
 
 void Connection::close_now() {
   if (state_ == State::kClosed) return;
-  for (agent::Reply* r : outstanding_) r->detach();
+  for (agent::Reply* r : outstanding_)
+    r->detach();
   outstanding_.clear();
   state_ = State::kClosed;
   set_inflight(0);

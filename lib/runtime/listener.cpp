@@ -68,10 +68,11 @@ int listen_tcp(const config::ListenAddress& addr, int backlog) {
 }
 
 int listen_unix(const std::string& path, int backlog, uint64_t* inode) {
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode))
-      throw std::runtime_error("cannot listen on unix:" + path + ": the file exists and is not a socket");
+      throw std::runtime_error("cannot listen on unix:" + path +
+                               ": the file exists and is not a socket");
     if (unix_socket_alive(path))
       throw std::runtime_error("cannot listen on unix:" + path + ": address in use");
   }
@@ -84,8 +85,8 @@ int listen_unix(const std::string& path, int backlog, uint64_t* inode) {
   sa.sun_family = AF_UNIX;
   std::strncpy(sa.sun_path, tmp.c_str(), sizeof(sa.sun_path) - 1);
   ::unlink(tmp.c_str());
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 ||
-      ::listen(fd, backlog) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || ::listen(fd, backlog) != 0 ||
+      ::rename(tmp.c_str(), path.c_str()) != 0) {
     const int e = errno;
     ::close(fd);
     ::unlink(tmp.c_str());
@@ -96,7 +97,7 @@ int listen_unix(const std::string& path, int backlog, uint64_t* inode) {
 }
 
 void unlink_if_owned(const std::string& path, uint64_t inode) {
-  struct stat st{};
+  struct stat st {};
   if (inode != 0 && ::lstat(path.c_str(), &st) == 0 && st.st_ino == inode) ::unlink(path.c_str());
 }
 

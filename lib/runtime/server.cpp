@@ -16,7 +16,9 @@ Server::Server(uv_loop_t* loop, const config::AgentConfig& cfg, std::unique_ptr<
 
 Server::~Server() = default;
 
-uint64_t Server::now_us() { return uv_hrtime() / 1000; }
+uint64_t Server::now_us() {
+  return uv_hrtime() / 1000;
+}
 
 bool Server::log_limiter_allow() {
   const uint64_t now = uv_now(loop_);
@@ -112,7 +114,8 @@ void Server::soft_stop(std::function<void()> done) {
   stopped_cb_ = std::move(done);
   close_listener();
   std::vector<Connection*> conns(conns_.begin(), conns_.end());
-  for (Connection* c : conns) c->drain();
+  for (Connection* c : conns)
+    c->drain();
   agent_->stop([this] {
     agent_stopped_ = true;
     check_stopped();
@@ -127,7 +130,8 @@ void Server::hard_stop(std::function<void()> done) {
   stopped_cb_ = std::move(done);
   close_listener();
   std::vector<Connection*> conns(conns_.begin(), conns_.end());
-  for (Connection* c : conns) c->close_now();
+  for (Connection* c : conns)
+    c->close_now();
   if (!was_stopping) agent_->stop([] {});
   agent_stopped_ = true;
   check_stopped();

@@ -10,17 +10,17 @@
 namespace spoad::runtime {
 
 struct Stats {
-  uint64_t conns_current = 0;    // open connections ("applets")
-  uint64_t conns_idle = 0;       // open connections with no NOTIFY in flight ("idles")
-  uint64_t conns_total = 0;      // accepted since start
-  uint64_t healthchecks = 0;     // HELLO with healthcheck=true
-  uint64_t notify_total = 0;     // complete NOTIFYs received (fragments count once)
-  uint64_t messages_total = 0;   // messages inside them
-  uint64_t ack_total = 0;        // ACKs sent
-  uint64_t inflight = 0;         // NOTIFYs waiting for their ACK ("nb_waiting")
-  uint64_t fragmented_total = 0; // NOTIFYs that arrived in fragments
-  uint64_t aborted_total = 0;    // fragmented NOTIFYs HAProxy aborted
-  uint64_t ack_too_big = 0;      // replies that did not fit the frame size (sent empty)
+  uint64_t conns_current = 0;         // open connections ("applets")
+  uint64_t conns_idle = 0;            // open connections with no NOTIFY in flight ("idles")
+  uint64_t conns_total = 0;           // accepted since start
+  uint64_t healthchecks = 0;          // HELLO with healthcheck=true
+  uint64_t notify_total = 0;          // complete NOTIFYs received (fragments count once)
+  uint64_t messages_total = 0;        // messages inside them
+  uint64_t ack_total = 0;             // ACKs sent
+  uint64_t inflight = 0;              // NOTIFYs waiting for their ACK ("nb_waiting")
+  uint64_t fragmented_total = 0;      // NOTIFYs that arrived in fragments
+  uint64_t aborted_total = 0;         // fragmented NOTIFYs HAProxy aborted
+  uint64_t ack_too_big = 0;           // replies that did not fit the frame size (sent empty)
   uint64_t disconnects_received = 0;  // HAPROXY-DISCONNECT frames
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
@@ -35,9 +35,7 @@ struct Stats {
     const auto c = static_cast<uint32_t>(s);
     return c <= 13 ? c : 14;
   }
-  uint64_t proc_time_avg_us() const {
-    return ack_total ? proc_time_total_us / ack_total : 0;
-  }
+  uint64_t proc_time_avg_us() const { return ack_total ? proc_time_total_us / ack_total : 0; }
 };
 
 }  // namespace spoad::runtime

@@ -55,16 +55,19 @@ void Worker::soft_stop(uint64_t grace_ms, std::function<void()> done) {
   }
   grace_armed_ = true;
   uv_timer_start(&grace_timer_, on_grace, grace_ms, 0);
-  for (auto& s : servers_) s->soft_stop([this] { server_stopped(); });
+  for (auto& s : servers_)
+    s->soft_stop([this] { server_stopped(); });
 }
 
 void Worker::on_grace(uv_timer_t* t) {
   auto* w = static_cast<Worker*>(t->data);
   w->grace_armed_ = false;
   size_t left = 0;
-  for (auto& s : w->servers_) left += s->connection_count();
+  for (auto& s : w->servers_)
+    left += s->connection_count();
   util::make_logger("spoad")->warn("grace period over: closing {} connection(s) still open", left);
-  for (auto& s : w->servers_) s->hard_stop([w] { w->server_stopped(); });
+  for (auto& s : w->servers_)
+    s->hard_stop([w] { w->server_stopped(); });
 }
 
 void Worker::hard_stop(std::function<void()> done) {
@@ -79,11 +82,13 @@ void Worker::hard_stop(std::function<void()> done) {
     return;
   }
   if (!was_stopping) running_ = servers_.size();
-  for (auto& s : servers_) s->hard_stop([this] { server_stopped(); });
+  for (auto& s : servers_)
+    s->hard_stop([this] { server_stopped(); });
 }
 
 void Worker::reload_agents() {
-  for (auto& s : servers_) s->agent().reload();
+  for (auto& s : servers_)
+    s->agent().reload();
 }
 
 }  // namespace spoad::runtime

@@ -24,8 +24,10 @@ constexpr std::string_view kStatusTexts[] = {
 };
 
 std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+    s.remove_suffix(1);
   return s;
 }
 
@@ -62,7 +64,9 @@ std::string_view status_text(uint32_t code) {
   return "an unknown error occurred";
 }
 
-std::string_view status_text(Status s) { return status_text(static_cast<uint32_t>(s)); }
+std::string_view status_text(Status s) {
+  return status_text(static_cast<uint32_t>(s));
+}
 
 uint32_t read_frame_length(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
@@ -147,8 +151,7 @@ Result parse_haproxy_hello(const Frame& f, HaproxyHello* out) {
     return Result::Fail(Status::kNoFrameSize, "no max-frame-size in HELLO");
   if (h.max_frame_size < kMinFrameSize)
     return Result::Fail(Status::kBadFrameSize, "max-frame-size below 256");
-  if (!h.has_capabilities)
-    return Result::Fail(Status::kNoCapabilities, "no capabilities in HELLO");
+  if (!h.has_capabilities) return Result::Fail(Status::kNoCapabilities, "no capabilities in HELLO");
   *out = h;
   return Result::Ok();
 }
@@ -194,9 +197,12 @@ Capabilities parse_capabilities(std::string_view list) {
   while (!list.empty()) {
     const size_t comma = list.find(',');
     const std::string_view tok = trim(list.substr(0, comma));
-    if (tok == "pipelining") c.pipelining = true;
-    else if (tok == "async") c.async = true;
-    else if (tok == "fragmentation") c.fragmentation = true;
+    if (tok == "pipelining")
+      c.pipelining = true;
+    else if (tok == "async")
+      c.async = true;
+    else if (tok == "fragmentation")
+      c.fragmentation = true;
     if (comma == std::string_view::npos) break;
     list.remove_prefix(comma + 1);
   }

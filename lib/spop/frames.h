@@ -120,8 +120,12 @@ void ListIterator<T>::advance() {
   done_ = !ok;
 }
 
-inline ListRange<Message> messages(Bytes validated_payload) { return {validated_payload}; }
-inline ListRange<Action> actions(Bytes validated_payload) { return {validated_payload}; }
+inline ListRange<Message> messages(Bytes validated_payload) {
+  return {validated_payload};
+}
+inline ListRange<Action> actions(Bytes validated_payload) {
+  return {validated_payload};
+}
 
 // ---- Frame builders --------------------------------------------------------------------
 // Each appends one whole frame (length prefix included) to `out`, with FIN set and, for

@@ -19,14 +19,14 @@ class Reader {
   explicit Reader(Bytes in) : in_(in) {}
 
   bool u8(uint8_t* v);
-  bool u32be(uint32_t* v);                    // 4 bytes, network order
-  bool varint(uint64_t* v);                   // SPOE.txt 3.1
-  bool raw(size_t n, Bytes* out);             // n bytes as they are
-  bool string(std::string_view* out);         // <varint length><bytes>, no type byte
-  bool typed(Value* out);                     // <type+flags byte><data>, SPOE.txt 3.1
-  bool kv(KV* out);                           // <name: string><value: typed>
-  bool message(Message* out);                 // <name: string><nb-args: 1 byte><KV x nb-args>
-  bool action(Action* out);                   // <type><nb-args><args>, SPOE.txt 3.4
+  bool u32be(uint32_t* v);             // 4 bytes, network order
+  bool varint(uint64_t* v);            // SPOE.txt 3.1
+  bool raw(size_t n, Bytes* out);      // n bytes as they are
+  bool string(std::string_view* out);  // <varint length><bytes>, no type byte
+  bool typed(Value* out);              // <type+flags byte><data>, SPOE.txt 3.1
+  bool kv(KV* out);                    // <name: string><value: typed>
+  bool message(Message* out);          // <name: string><nb-args: 1 byte><KV x nb-args>
+  bool action(Action* out);            // <type><nb-args><args>, SPOE.txt 3.4
 
   bool empty() const { return pos_ == in_.size(); }
   size_t remaining() const { return in_.size() - pos_; }
@@ -71,7 +71,9 @@ struct ArgRange {
 };
 
 // The arguments of `msg`, in the order HAProxy sent them.
-inline ArgRange args(const Message& msg) { return {msg.args, msg.nargs}; }
+inline ArgRange args(const Message& msg) {
+  return {msg.args, msg.nargs};
+}
 
 // The first argument of `msg` called `name`, if any. Unnamed arguments have an empty name.
 std::optional<KV> find_arg(const Message& msg, std::string_view name);

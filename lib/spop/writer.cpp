@@ -21,7 +21,9 @@ void Writer::raw(std::string_view bytes) {
   out_.insert(out_.end(), p, p + bytes.size());
 }
 
-void Writer::raw(Bytes bytes) { out_.insert(out_.end(), bytes.begin(), bytes.end()); }
+void Writer::raw(Bytes bytes) {
+  out_.insert(out_.end(), bytes.begin(), bytes.end());
+}
 
 void Writer::string(std::string_view s) {
   varint(s.size());
@@ -65,7 +67,8 @@ void Writer::message(std::string_view name, std::span<const KV> args) {
   const size_t n = args.size() > 255 ? 255 : args.size();
   string(name);
   u8(static_cast<uint8_t>(n));
-  for (size_t i = 0; i < n; ++i) kv(args[i].name, args[i].value);
+  for (size_t i = 0; i < n; ++i)
+    kv(args[i].name, args[i].value);
 }
 
 void Writer::set_var(Scope scope, std::string_view name, const Value& v) {

@@ -18,11 +18,11 @@ class Writer {
 
   void u8(uint8_t v) { out_.push_back(v); }
   void u32be(uint32_t v);
-  void varint(uint64_t v);                      // SPOE.txt 3.1
+  void varint(uint64_t v);  // SPOE.txt 3.1
   void raw(std::string_view bytes);
   void raw(Bytes bytes);
-  void string(std::string_view s);              // <varint length><bytes>, no type byte
-  void typed(const Value& v);                   // <type+flags><data>
+  void string(std::string_view s);  // <varint length><bytes>, no type byte
+  void typed(const Value& v);       // <type+flags><data>
   void kv(std::string_view name, const Value& v);
   // One message of a NOTIFY: <name><nb-args><KV...>. At most 255 arguments are written.
   void message(std::string_view name, std::span<const KV> args);

@@ -101,31 +101,33 @@ TEST(Config, ErrorsNameFileLineAndKey) {
                "agents[0].listen", "expected host:port");
   expect_error("agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:99999\n", 4,
                "agents[0].listen", "port must be 1-65535");
-  expect_error("agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n    workerz: 2\n",
-               5, "agents[0].workerz", "unknown key");
-  expect_error("agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n    workers: 0\n",
-               5, "agents[0].workers", "between 1 and 64");
+  expect_error("agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n    workerz: 2\n", 5,
+               "agents[0].workerz", "unknown key");
+  expect_error("agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n    workers: 0\n", 5,
+               "agents[0].workers", "between 1 and 64");
   expect_error(
-      "agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n    max-frame-size: 100\n",
-      5, "agents[0].max-frame-size", "between 256");
+      "agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n    max-frame-size: 100\n", 5,
+      "agents[0].max-frame-size", "between 256");
   expect_error(
       "agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n    timeout:\n      hello: "
       "soon\n",
       6, "agents[0].timeout.hello", "expected a duration");
-  expect_error("agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n"
-               "  - name: a\n    type: echo\n    listen: 127.0.0.1:2\n",
-               5, "agents[1].name", "duplicate agent name");
-  expect_error("agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n"
-               "  - name: b\n    type: echo\n    listen: 127.0.0.1:1\n",
-               7, "agents[1].listen", "used by another agent");
+  expect_error(
+      "agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n"
+      "  - name: a\n    type: echo\n    listen: 127.0.0.1:2\n",
+      5, "agents[1].name", "duplicate agent name");
+  expect_error(
+      "agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n"
+      "  - name: b\n    type: echo\n    listen: 127.0.0.1:1\n",
+      7, "agents[1].listen", "used by another agent");
   expect_error("agents:\n  - type: echo\n    listen: 127.0.0.1:1\n", 2, "agents[0]",
                "missing key \"name\"");
   expect_error("cli:\n  mode: rw\nagents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n",
                2, "cli.mode", "octal");
   expect_error("agents: []\n", 1, "agents", "empty");
   expect_error("cli:\n  socket: /x\n", 1, "", "no \"agents\"");
-  expect_error("agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n    scope: bad\n",
-               5, "agents[0].scope", "expected proc, sess, txn, req or res");
+  expect_error("agents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n    scope: bad\n", 5,
+               "agents[0].scope", "expected proc, sess, txn, req or res");
   expect_error("bogus: 1\nagents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n", 1,
                "bogus", "unknown key");
 }

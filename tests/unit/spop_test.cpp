@@ -18,7 +18,9 @@ namespace {
 
 using Buf = std::vector<uint8_t>;
 
-Bytes B(const Buf& b) { return Bytes(b.data(), b.size()); }
+Bytes B(const Buf& b) {
+  return Bytes(b.data(), b.size());
+}
 Buf hex(const std::string& s) {
   Buf out;
   for (size_t i = 0; i + 1 < s.size();) {
@@ -31,10 +33,13 @@ Buf hex(const std::string& s) {
   }
   return out;
 }
-Buf str_bytes(const std::string& s) { return Buf(s.begin(), s.end()); }
+Buf str_bytes(const std::string& s) {
+  return Buf(s.begin(), s.end());
+}
 Buf cat(std::initializer_list<Buf> parts) {
   Buf out;
-  for (const Buf& p : parts) out.insert(out.end(), p.begin(), p.end());
+  for (const Buf& p : parts)
+    out.insert(out.end(), p.begin(), p.end());
   return out;
 }
 
@@ -67,9 +72,9 @@ TEST(Varint, RangeBoundaries) {
   const struct {
     uint64_t v;
     size_t len;
-  } cases[] = {{0, 1},          {239, 1},          {240, 2},           {2287, 2},
-               {2288, 3},       {264431, 3},       {264432, 4},        {33818863, 4},
-               {33818864, 5},   {4328786159, 5},   {4328786160, 6},    {UINT64_MAX, 10}};
+  } cases[] = {{0, 1},        {239, 1},        {240, 2},        {2287, 2},
+               {2288, 3},     {264431, 3},     {264432, 4},     {33818863, 4},
+               {33818864, 5}, {4328786159, 5}, {4328786160, 6}, {UINT64_MAX, 10}};
   for (const auto& c : cases) {
     uint8_t b[10];
     EXPECT_EQ(varint_size(c.v), c.len) << c.v;
@@ -231,7 +236,8 @@ TEST(Lists, MessagesRoundTripAndIterate) {
   ASSERT_TRUE(validate_messages(B(payload), &n).ok());
   EXPECT_EQ(n, 2u);
   std::vector<std::string> names;
-  for (const Message& m : messages(B(payload))) names.emplace_back(m.name);
+  for (const Message& m : messages(B(payload)))
+    names.emplace_back(m.name);
   EXPECT_EQ(names, (std::vector<std::string>{"check-client-ip", "empty"}));
 
   const Message first = *messages(B(payload)).begin();
@@ -276,11 +282,12 @@ TEST(Lists, ActionsRoundTripAllScopes) {
   Writer w(payload);
   const Scope scopes[] = {Scope::kProcess, Scope::kSession, Scope::kTransaction, Scope::kRequest,
                           Scope::kResponse};
-  for (Scope s : scopes) w.set_var(s, "score", Value::Int32(42));
+  for (Scope s : scopes)
+    w.set_var(s, "score", Value::Int32(42));
   w.unset_var(Scope::kTransaction, "gone");
   // Layout of set-var: <01><03><scope><name: varint len + bytes, no type byte><typed value>.
-  EXPECT_EQ(Buf(payload.begin(), payload.begin() + 11), cat({hex("01 03 00 05"),
-                                                              str_bytes("score"), hex("02 2a")}));
+  EXPECT_EQ(Buf(payload.begin(), payload.begin() + 11),
+            cat({hex("01 03 00 05"), str_bytes("score"), hex("02 2a")}));
   uint32_t n = 0;
   ASSERT_TRUE(validate_actions(B(payload), &n).ok());
   EXPECT_EQ(n, 6u);
@@ -309,10 +316,10 @@ TEST(Lists, BadActionsAreInvalid) {
 // ---- frames -----------------------------------------------------------------------------
 
 TEST(Frames, EveryFrameTypeRoundTrips) {
-  const FrameType types[] = {FrameType::kUnset,           FrameType::kHaproxyHello,
-                             FrameType::kHaproxyDisconnect, FrameType::kNotify,
-                             FrameType::kAgentHello,      FrameType::kAgentDisconnect,
-                             FrameType::kAck};
+  const FrameType types[] = {
+      FrameType::kUnset,  FrameType::kHaproxyHello, FrameType::kHaproxyDisconnect,
+      FrameType::kNotify, FrameType::kAgentHello,   FrameType::kAgentDisconnect,
+      FrameType::kAck};
   for (FrameType t : types) {
     for (uint32_t flags : {0u, kFlagFin, kFlagFin | kFlagAbort}) {
       Buf b;
@@ -350,7 +357,8 @@ TEST(Frames, TruncatedMetadataIsInvalid) {
   Frame f;
   const Buf cases[] = {hex("03"), hex("03 000000"), hex("03 00000001"), hex("03 00000001 f0"),
                        hex("03 00000001 01")};
-  for (const Buf& b : cases) EXPECT_EQ(decode_frame(B(b), &f).status, Status::kInvalid);
+  for (const Buf& b : cases)
+    EXPECT_EQ(decode_frame(B(b), &f).status, Status::kInvalid);
 }
 
 TEST(Frames, LengthChecks) {
@@ -416,7 +424,8 @@ Buf hello_with(std::initializer_list<std::pair<std::string, Value>> kvs, uint32_
                uint64_t sid = 0) {
   Buf b;
   FrameWriter w(b, FrameType::kHaproxyHello, flags, sid, 0);
-  for (const auto& [k, v] : kvs) w.kv(k, v);
+  for (const auto& [k, v] : kvs)
+    w.kv(k, v);
   w.finish(UINT32_MAX);
   return b;
 }
@@ -430,8 +439,8 @@ TEST(Hello, HaproxyHelloErrorsMapToDisconnectStatuses) {
   const auto v = Value::String("2.0");
   const auto m = Value::Uint32(16380);
   const auto c = Value::String("pipelining");
-  EXPECT_EQ(hello_status(hello_with({{"supported-versions", v}, {"max-frame-size", m},
-                                     {"capabilities", c}})),
+  EXPECT_EQ(hello_status(hello_with(
+                {{"supported-versions", v}, {"max-frame-size", m}, {"capabilities", c}})),
             Status::kNormal);
   EXPECT_EQ(hello_status(hello_with({{"max-frame-size", m}, {"capabilities", c}})),
             Status::kNoVersion);
@@ -447,18 +456,17 @@ TEST(Hello, HaproxyHelloErrorsMapToDisconnectStatuses) {
             Status::kBadFrameSize);
   EXPECT_EQ(hello_status(hello_with({{"supported-versions", v}, {"max-frame-size", m}})),
             Status::kNoCapabilities);
-  EXPECT_EQ(hello_status(hello_with({{"supported-versions", Value::Int32(2)},
-                                     {"max-frame-size", m},
-                                     {"capabilities", c}})),
-            Status::kInvalid);
-  EXPECT_EQ(hello_status(hello_with({{"supported-versions", v}, {"max-frame-size", m},
-                                     {"capabilities", c}},
-                                    0)),
+  EXPECT_EQ(
+      hello_status(hello_with(
+          {{"supported-versions", Value::Int32(2)}, {"max-frame-size", m}, {"capabilities", c}})),
+      Status::kInvalid);
+  EXPECT_EQ(hello_status(hello_with(
+                {{"supported-versions", v}, {"max-frame-size", m}, {"capabilities", c}}, 0)),
             Status::kFragNotSupported);
-  EXPECT_EQ(hello_status(hello_with({{"supported-versions", v}, {"max-frame-size", m},
-                                     {"capabilities", c}},
-                                    kFlagFin, 5)),
-            Status::kInvalid);
+  EXPECT_EQ(
+      hello_status(hello_with(
+          {{"supported-versions", v}, {"max-frame-size", m}, {"capabilities", c}}, kFlagFin, 5)),
+      Status::kInvalid);
   // Unknown keys are skipped; any integer type is accepted for max-frame-size.
   EXPECT_EQ(hello_status(hello_with({{"x-custom", Value::Bool(true)},
                                      {"supported-versions", v},
@@ -548,7 +556,8 @@ TEST(Disconnect, StatusTextsOfEveryCode) {
                          "invalid interlaced frames",
                          "frame-id not found",
                          "resource allocation error"};
-  for (uint32_t c = 0; c <= 13; ++c) EXPECT_EQ(status_text(c), texts[c]) << c;
+  for (uint32_t c = 0; c <= 13; ++c)
+    EXPECT_EQ(status_text(c), texts[c]) << c;
   EXPECT_EQ(status_text(Status::kUnknown), "an unknown error occurred");
   EXPECT_EQ(status_text(uint32_t{50}), "an unknown error occurred");
 }
@@ -655,7 +664,8 @@ TEST(Robustness, RandomBytesAreRejectedOrDecodedWithinBounds) {
   std::mt19937 rng(7);
   for (int i = 0; i < 20000; ++i) {
     Buf b(rng() % 64);
-    for (auto& x : b) x = static_cast<uint8_t>(rng());
+    for (auto& x : b)
+      x = static_cast<uint8_t>(rng());
     Frame f;
     if (decode_frame(B(b), &f).ok()) {
       EXPECT_GE(f.payload.data(), b.data());
@@ -667,7 +677,8 @@ TEST(Robustness, RandomBytesAreRejectedOrDecodedWithinBounds) {
       (void)parse_disconnect(f, &d);
       if (validate_messages(f.payload, &n).ok())
         for (const Message& m : messages(f.payload))
-          for (const KV& kv : args(m)) (void)kv;
+          for (const KV& kv : args(m))
+            (void)kv;
       (void)validate_actions(f.payload, &n);
     }
   }
