@@ -28,8 +28,9 @@ struct Context {
 
 // A command an agent adds to its worker's CLI (`@1 show lists`).
 struct CliCommand {
-  std::string name;   // words that select it, e.g. "show lists"
-  std::string usage;  // one line for `help`
+  std::string name;         // words that select it, e.g. "show lists"
+  std::string syntax;       // for `help`, e.g. "show ip <address>" (empty: the name)
+  std::string description;  // for `help`, one short line
   // Runs the command; `args` are the words after `name`. Returns the output text.
   std::function<std::string(const std::vector<std::string>& args)> run;
 };

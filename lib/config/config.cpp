@@ -138,6 +138,7 @@ Config parse_config(const std::string& text, const std::string& file_name) {
   if (!levels.contains(cfg.log_level))
     global.fail("log-level", "expected trace, debug, info, warn, error, critical or off");
   cfg.grace_ms = global.duration_ms("grace", cfg.grace_ms, 0, 3'600'000);
+  cfg.pidfile = global.str("pidfile", "");
   global.check_unknown();
 
   Options cli = top.map("cli");
@@ -189,12 +190,14 @@ Config parse_config(const std::string& text, const std::string& file_name) {
   return cfg;
 }
 
-Config load_config(const std::string& path) {
+std::string read_text(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw ConfigError(path, 0, "", std::string("cannot open: ") + std::strerror(errno));
   std::stringstream ss;
   ss << in.rdbuf();
-  return parse_config(ss.str(), path);
+  return ss.str();
 }
+
+Config load_config(const std::string& path) { return parse_config(read_text(path), path); }
 
 }  // namespace spoad::config

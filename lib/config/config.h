@@ -3,6 +3,7 @@
 //   global:                     # optional
 //     log-level: info           # trace|debug|info|warn|error|critical|off
 //     grace: 10s                # soft-stop bound
+//     pidfile: /run/spoad.pid   # the master's pid
 //   cli:
 //     socket: /run/spoad/master.sock
 //     mode: "0600"
@@ -81,9 +82,13 @@ struct Config {
   std::string file;
   std::string log_level = "info";
   uint64_t grace_ms = 10'000;
+  std::string pidfile;  // "" = none
   CliConfig cli;
   std::vector<AgentConfig> agents;
 };
+
+// The bytes of `path`. Throws ConfigError ("PATH: cannot open: ...").
+std::string read_text(const std::string& path);
 
 // Reads and validates `path`, including each agent's own options.
 // Throws ConfigError ("FILE:LINE: KEY: MESSAGE").

@@ -51,6 +51,18 @@ uv_loop_t* Connection::loop() const {
 int Connection::accept(uv_stream_t* listener) {
   const int rc = uv_accept(listener, stream());
   if (rc != 0) return rc;
+  started();
+  return 0;
+}
+
+int Connection::adopt(int fd) {
+  const int rc = uv_tcp_open(&handle_.tcp, fd);
+  if (rc != 0) return rc;
+  started();
+  return 0;
+}
+
+void Connection::started() {
   if (server_.config().listen.kind == config::ListenAddress::Kind::kTcp) {
     uv_tcp_nodelay(&handle_.tcp, 1);
     sockaddr_storage ss{};
@@ -76,7 +88,6 @@ int Connection::accept(uv_stream_t* listener) {
   deadline_ms_ = last_activity_ms_ + server_.config().runtime.hello_timeout_ms;
   arm_timer();
   update_reading();
-  return 0;
 }
 
 void Connection::arm_timer() {

@@ -34,6 +34,8 @@ class Connection final : public agent::Reply::Owner {
   // Accepts a pending connection from `listener`. Returns a libuv error code (0 on success);
   // on failure the caller must call close_now(), which frees the connection.
   int accept(uv_stream_t* listener);
+  // Same, for a TCP socket `fd` accepted by the caller (owned from now on).
+  int adopt(int fd);
 
   // Closes at once, without a DISCONNECT (hard-stop). Outstanding replies are cancelled.
   void close_now();
@@ -61,6 +63,7 @@ class Connection final : public agent::Reply::Owner {
 
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&handle_); }
   uv_loop_t* loop() const;
+  void started();  // after accept: peer name, hello timer, reading
 
   void process();
   void handle_frame(const spop::Frame& f);

@@ -20,17 +20,6 @@ namespace {
   throw std::runtime_error(what + " " + addr + ": " + std::strerror(err));
 }
 
-bool unix_socket_alive(const std::string& path) {
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  std::strncpy(sa.sun_path, path.c_str(), sizeof(sa.sun_path) - 1);
-  const bool alive = ::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0;
-  ::close(fd);
-  return alive;
-}
-
 }  // namespace
 
 int listen_tcp(const config::ListenAddress& addr, int backlog) {
@@ -67,15 +56,11 @@ int listen_tcp(const config::ListenAddress& addr, int backlog) {
   return fd;
 }
 
-int listen_unix(const std::string& path, int backlog, uint64_t* inode) {
+int listen_unix(const std::string& path, int backlog, uint64_t* inode, int mode) {
   struct stat st {};
-  if (::lstat(path.c_str(), &st) == 0) {
-    if (!S_ISSOCK(st.st_mode))
-      throw std::runtime_error("cannot listen on unix:" + path +
-                               ": the file exists and is not a socket");
-    if (unix_socket_alive(path))
-      throw std::runtime_error("cannot listen on unix:" + path + ": address in use");
-  }
+  if (::lstat(path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode))
+    throw std::runtime_error("cannot listen on unix:" + path +
+                             ": the file exists and is not a socket");
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   if (tmp.size() >= sizeof(sockaddr_un::sun_path))
     throw std::runtime_error("unix socket path too long: " + path);
@@ -85,8 +70,9 @@ int listen_unix(const std::string& path, int backlog, uint64_t* inode) {
   sa.sun_family = AF_UNIX;
   std::strncpy(sa.sun_path, tmp.c_str(), sizeof(sa.sun_path) - 1);
   ::unlink(tmp.c_str());
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || ::listen(fd, backlog) != 0 ||
-      ::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 ||
+      (mode >= 0 && ::chmod(tmp.c_str(), static_cast<mode_t>(mode)) != 0) ||
+      ::listen(fd, backlog) != 0 || ::rename(tmp.c_str(), path.c_str()) != 0) {
     const int e = errno;
     ::close(fd);
     ::unlink(tmp.c_str());

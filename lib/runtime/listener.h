@@ -15,12 +15,13 @@ namespace spoad::runtime {
 // the system error.
 int listen_tcp(const config::ListenAddress& addr, int backlog);
 
-// Creates a Unix stream socket at `path`, listening with `backlog`. A socket file nobody
-// listens on any more is replaced; a live one is an error ("address in use"). The socket is
-// bound under a temporary name and renamed into place, so the path is never missing while a
-// previous owner still serves. Returns the fd and the inode of the new file in *inode.
+// Creates a Unix stream socket at `path`, listening with `backlog`. The socket is bound under a
+// temporary name, given `mode` (permission bits; -1 keeps the umask's), and renamed over
+// `path`: a previous spoad that still serves there is taken over without a moment where the
+// path is missing, and keeps its (now nameless) socket until it exits. A path that exists and
+// is not a socket is an error. Returns the fd and the inode of the new file in *inode.
 // Throws std::runtime_error.
-int listen_unix(const std::string& path, int backlog, uint64_t* inode);
+int listen_unix(const std::string& path, int backlog, uint64_t* inode, int mode = -1);
 
 // Removes `path` if it is still the socket file with `inode` (one we created).
 void unlink_if_owned(const std::string& path, uint64_t inode);

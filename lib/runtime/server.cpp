@@ -1,5 +1,6 @@
 #include "runtime/server.h"
 
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <stdexcept>
@@ -108,10 +109,32 @@ void Server::on_listener_closed(uv_handle_t* h) {
   s->check_stopped();
 }
 
+void Server::drain_accept_queue() {
+  if (!listener_open_ || cfg_.listen.kind != config::ListenAddress::Kind::kTcp) return;
+  uv_os_fd_t fd;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&listener_), &fd) != 0) return;
+  for (;;) {
+    const int c = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c < 0) break;
+    auto* conn = new Connection(*this);
+    conns_.insert(conn);
+    ++stats_.conns_current;
+    if (conn->adopt(c) != 0) {
+      ::close(c);
+      conn->close_now();
+      continue;
+    }
+    ++stats_.conns_total;
+  }
+}
+
 void Server::soft_stop(std::function<void()> done) {
   if (stopping_) return;
   stopping_ = true;
   stopped_cb_ = std::move(done);
+  // With SO_REUSEPORT each listener has its own accept queue, and closing it would reset the
+  // connections waiting there: take them first, and drain them with the others.
+  drain_accept_queue();
   close_listener();
   std::vector<Connection*> conns(conns_.begin(), conns_.end());
   for (Connection* c : conns)

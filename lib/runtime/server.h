@@ -60,6 +60,7 @@ class Server {
   static void on_connection(uv_stream_t* listener, int status);
   static void on_listener_closed(uv_handle_t* h);
   void accept_pending();
+  void drain_accept_queue();
   void close_listener();
   void check_stopped();
 

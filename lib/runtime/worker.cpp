@@ -21,11 +21,12 @@ void Worker::start(const std::vector<int>& fds) {
     ctx.loop = loop_;
     ctx.log = util::make_logger(ac.name);
     std::unique_ptr<agent::Agent> a = ac.agent_type->create(ctx, *ac.options);
-    auto s = std::make_unique<Server>(loop_, ac, std::move(a), ctx.log);
-    s->agent().start();
-    s->listen(i < fds.size() ? fds[i] : -1);
+    // Kept in servers_ before listen(): if it throws, hard_stop() closes the handles it made.
+    servers_.push_back(std::make_unique<Server>(loop_, ac, std::move(a), ctx.log));
+    Server& s = *servers_.back();
+    s.agent().start();
+    s.listen(i < fds.size() ? fds[i] : -1);
     ctx.log->info("{} agent listening on {}", ac.type, ac.listen.str());
-    servers_.push_back(std::move(s));
   }
   running_ = servers_.size();
 }

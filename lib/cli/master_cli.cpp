@@ -1,0 +1,353 @@
+#include "cli/master_cli.h"
+
+#include <stdexcept>
+
+namespace spoad::cli {
+
+namespace {
+
+// One queued command: its words, and whether it came with a routing prefix.
+struct Pending {
+  Words words;
+};
+
+std::string join(const Words& w, size_t from) {
+  std::string s;
+  for (size_t i = from; i < w.size(); ++i) {
+    if (i > from) s += ' ';
+    // Keep the worker's view of the words: escape what split_commands would split on.
+    for (char c : w[i]) {
+      if (c == ';' || c == ' ' || c == '\t' || c == '\\') s += '\\';
+      s += c;
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+class MasterCli::Session {
+ public:
+  Session(MasterCli& cli) : cli_(cli) {
+    uv_pipe_init(cli_.loop_, &pipe_, 0);
+    pipe_.data = this;
+    uv_timer_init(cli_.loop_, &timer_);
+    timer_.data = this;
+  }
+
+  int accept(uv_stream_t* listener) {
+    const int rc = uv_accept(listener, stream());
+    if (rc != 0) return rc;
+    uv_read_start(stream(), on_alloc, on_read);
+    touch();
+    return 0;
+  }
+
+  void close() {
+    if (closed_) return;
+    closed_ = true;
+    uv_close(reinterpret_cast<uv_handle_t*>(&pipe_), on_close);
+    uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_close);
+  }
+
+  // The worker answering a routed command may come back after the session closed: the
+  // session stays allocated until then (busy_), so the callback can check `closed_`.
+  bool closed() const { return closed_; }
+
+ private:
+  uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&pipe_); }
+
+  void touch() { uv_timer_start(&timer_, on_idle, kIdleTimeoutMs, 0); }
+
+  static void on_idle(uv_timer_t* t) { static_cast<Session*>(t->data)->close(); }
+
+  static void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
+    auto* s = static_cast<Session*>(h->data);
+    *buf = uv_buf_init(s->rbuf_, sizeof(s->rbuf_));
+  }
+
+  static void on_read(uv_stream_t* st, ssize_t n, const uv_buf_t*) {
+    auto* s = static_cast<Session*>(st->data);
+    if (n < 0) {
+      // EOF: answer what was asked, then close (socat half-closes after sending).
+      s->eof_ = true;
+      uv_read_stop(st);
+      if (!s->in_.empty()) s->take_line(s->in_);  // a last line without '\n'
+      s->in_.clear();
+      s->run();
+      return;
+    }
+    s->touch();
+    s->in_.append(s->rbuf_, static_cast<size_t>(n));
+    size_t nl;
+    while (!s->closed_ && !s->stop_reading_ && (nl = s->in_.find('\n')) != std::string::npos) {
+      std::string line = s->in_.substr(0, nl);
+      s->in_.erase(0, nl + 1);
+      s->take_line(line);
+    }
+    if (s->in_.size() > kMaxLine) {
+      s->write("Command line too long.\n");
+      s->finish();
+      return;
+    }
+    s->run();
+  }
+
+  void take_line(const std::string& line) {
+    for (Words& w : split_commands(line)) queue_.push_back({std::move(w)});
+    // Like HAProxy, an empty line still gets an answer in prompt mode (the prompt).
+    if (line.find_first_not_of(" \t\r") == std::string::npos && prompt_) queue_.push_back({});
+  }
+
+  std::string prompt_text() {
+    std::string p = target_ ? std::to_string(target_) : std::string("master");
+    if (!target_ && cli_.backend_.last_reload_failed()) p += "[ReloadFailed]";
+    return p + "> ";
+  }
+
+  // Output of one command: its text, the empty line that ends every answer, the prompt.
+  void answer(const std::string& text) {
+    std::string out = text;
+    if (!prompt_ || !text.empty()) out += "\n";
+    if (prompt_) out += prompt_text();
+    write(out);
+  }
+
+  void run() {
+    while (!closed_ && !busy_ && !finishing_ && !queue_.empty()) {
+      Pending p = std::move(queue_.front());
+      queue_.pop_front();
+      execute(p.words);
+    }
+    if (!closed_ && !busy_ && queue_.empty() && (eof_ || finishing_)) finish();
+  }
+
+  void execute(Words w) {
+    int target = target_;
+    if (!w.empty()) {
+      const Route r = parse_route(w[0]);
+      if (r.kind != Route::Kind::kNone) {
+        int pid = 0;
+        if (r.kind == Route::Kind::kRelative) pid = cli_.backend_.worker_by_relative_pid(r.number);
+        if (r.kind == Route::Kind::kPid && cli_.backend_.is_worker(r.number))
+          pid = static_cast<int>(r.number);
+        if (r.kind == Route::Kind::kInvalid ||
+            (r.kind != Route::Kind::kMaster && pid == 0)) {
+          write("Can't find the target PID matching the prefix '" + w[0] + "'\n");
+          finish();
+          return;
+        }
+        w.erase(w.begin());
+        if (w.empty()) {  // "@N" alone: the target of the next commands
+          target_ = pid;
+          if (prompt_) write(prompt_text());
+          return;
+        }
+        target = pid;
+      }
+    }
+    if (target != 0) {
+      busy_ = true;
+      const std::string line = join(w, 0);
+      ++refs_;
+      cli_.backend_.worker_command(target, line, [this](bool ok, std::string out) {
+        busy_ = false;
+        if (!closed_) {
+          answer(ok ? out : std::string("Can't connect to the target CLI!\n"));
+          run();
+        }
+        unref();
+      });
+      return;
+    }
+    master_command(w);
+  }
+
+  void master_command(const Words& w) {
+    if (w.empty()) {
+      if (prompt_) write(prompt_text());
+      return;
+    }
+    if (w[0] == "quit") {
+      finish();
+      return;
+    }
+    if (w[0] == "prompt") {
+      prompt_ = !prompt_;
+      if (prompt_) write(prompt_text());
+      return;
+    }
+    if (w[0] == "help") {
+      answer(help_message(commands()));
+      return;
+    }
+    if (w.size() == 2 && w[0] == "show" && w[1] == "proc") {
+      answer(cli_.backend_.show_proc());
+      return;
+    }
+    if (w.size() == 2 && w[0] == "show" && w[1] == "version") {
+      answer(cli_.backend_.version() + "\n");
+      return;
+    }
+    if (w.size() == 1 && w[0] == "reload") {
+      // As HAProxy 2.7+: synchronous, the last command of the connection.
+      busy_ = true;
+      queue_.clear();
+      ++refs_;
+      cli_.backend_.reload([this](std::string out) {
+        busy_ = false;
+        if (!closed_) {
+          write(out);
+          finish();
+        }
+        unref();
+      });
+      return;
+    }
+    answer(unknown_command_message(commands(), w));
+  }
+
+  void write(const std::string& s) {
+    if (closed_ || s.empty()) return;
+    auto* req = new WriteReq;
+    req->data = s;
+    req->req.data = this;
+    uv_buf_t b = uv_buf_init(req->data.data(), req->data.size());
+    pending_ += s.size();
+    if (uv_write(&req->req, stream(), &b, 1, on_write) != 0) {
+      pending_ -= s.size();
+      delete req;
+      close();
+      return;
+    }
+    ++refs_;
+    if (pending_ > kMaxPendingOutput) close();  // the client does not read
+  }
+
+  static void on_write(uv_write_t* r, int) {
+    auto* req = reinterpret_cast<WriteReq*>(r);
+    auto* s = static_cast<Session*>(r->data);
+    s->pending_ -= req->data.size();
+    delete req;
+    if (s->finishing_ && s->pending_ == 0) s->close();
+    s->unref();
+  }
+
+  // Drops one reference; frees the session once its handles are closed and nothing refers
+  // to it any more.
+  void unref() {
+    if (--refs_ == 0 && handles_closed_ == 2) delete this;
+  }
+
+  // Closes once the output is written.
+  void finish() {
+    finishing_ = true;
+    stop_reading_ = true;
+    queue_.clear();
+    if (pending_ == 0) close();
+  }
+
+  static void on_close(uv_handle_t* h) {
+    auto* s = static_cast<Session*>(h->data);
+    if (++s->handles_closed_ < 2) return;
+    s->cli_.session_closed(s);
+    if (s->refs_ == 0) delete s;
+  }
+
+  struct WriteReq {
+    uv_write_t req;
+    std::string data;
+  };
+
+  MasterCli& cli_;
+  uv_pipe_t pipe_;
+  uv_timer_t timer_;
+  char rbuf_[4096];
+  std::string in_;
+  std::deque<Pending> queue_;
+  int target_ = 0;  // 0: the master; else a worker pid
+  bool prompt_ = false;
+  bool busy_ = false;
+  bool eof_ = false;
+  bool finishing_ = false;
+  bool stop_reading_ = false;
+  bool closed_ = false;
+  int handles_closed_ = 0;
+  int refs_ = 0;  // writes and worker/reload callbacks still to come
+  size_t pending_ = 0;
+};
+
+const std::vector<CommandInfo>& MasterCli::commands() {
+  static const std::vector<CommandInfo> c = {
+      {{"@<relative pid>"}, usage_line("@<relative pid>", "send a command to the <relative pid> process")},
+      {{"@!<pid>"}, usage_line("@!<pid>", "send a command to the <pid> process")},
+      {{"@master"}, usage_line("@master", "send a command to the master process")},
+      {{"reload"}, usage_line("reload", "reload spoad: new workers, then soft-stop the old ones")},
+      {{"show", "proc"}, usage_line("show proc", "show processes status")},
+      {{"show", "version"}, usage_line("show version", "show version of the current process")},
+  };
+  return c;
+}
+
+MasterCli::MasterCli(uv_loop_t* loop, MasterBackend& backend) : loop_(loop), backend_(backend) {}
+
+MasterCli::~MasterCli() = default;
+
+void MasterCli::listen(int fd) {
+  uv_pipe_init(loop_, &listener_, 0);
+  listener_.data = this;
+  listener_open_ = true;
+  int rc = uv_pipe_open(&listener_, fd);
+  if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), 64, on_connection);
+  if (rc != 0) throw std::runtime_error(std::string("master CLI: ") + uv_strerror(rc));
+}
+
+void MasterCli::on_connection(uv_stream_t* s, int status) {
+  auto* cli = static_cast<MasterCli*>(s->data);
+  if (status < 0) return;
+  cli->accept_one();
+}
+
+void MasterCli::accept_one() {
+  if (closing_ || !listener_open_) return;
+  if (sessions_.size() >= kMaxClients) {
+    waiting_ = true;  // libuv keeps the connection until we accept it
+    return;
+  }
+  waiting_ = false;
+  auto* s = new Session(*this);
+  sessions_.insert(s);
+  if (s->accept(reinterpret_cast<uv_stream_t*>(&listener_)) != 0) s->close();
+}
+
+void MasterCli::session_closed(Session* s) {
+  sessions_.erase(s);
+  if (waiting_) accept_one();
+  maybe_closed();
+}
+
+void MasterCli::close(std::function<void()> done) {
+  closing_ = true;
+  closed_cb_ = std::move(done);
+  if (listener_open_) {
+    listener_open_ = false;
+    listener_closing_ = true;
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener_), [](uv_handle_t* h) {
+      auto* cli = static_cast<MasterCli*>(h->data);
+      cli->listener_closing_ = false;
+      cli->maybe_closed();
+    });
+  }
+  std::vector<Session*> all(sessions_.begin(), sessions_.end());
+  for (Session* s : all) s->close();
+  maybe_closed();
+}
+
+void MasterCli::maybe_closed() {
+  if (!closing_ || !sessions_.empty() || listener_closing_ || !closed_cb_) return;
+  auto cb = std::move(closed_cb_);
+  closed_cb_ = nullptr;
+  cb();
+}
+
+}  // namespace spoad::cli

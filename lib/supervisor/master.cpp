@@ -1,0 +1,668 @@
+#include "supervisor/master.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+#include "cli/format.h"
+#include "runtime/listener.h"
+#include "util/log.h"
+#include "version.h"
+
+namespace spoad::supervisor {
+
+namespace {
+
+constexpr uint64_t kTickMs = 25;
+constexpr uint64_t kCliTimeoutMs = 10'000;
+constexpr uint64_t kHardStopKillMs = 800;
+
+std::shared_ptr<spdlog::logger> mlog() { return util::make_logger("spoad"); }
+
+uint64_t wall_s() { return static_cast<uint64_t>(std::time(nullptr)); }
+
+std::string exit_text(int64_t status, int signal) {
+  if (signal) return "code " + std::to_string(128 + signal) + " (" + strsignal(signal) + ")";
+  return "code " + std::to_string(status) + " (Exit)";
+}
+
+// Writes `content` to `path` through a temporary file and a rename, so that readers never see
+// a partial file and a previous owner's file is replaced atomically.
+bool write_atomically(const std::string& path, const std::string& content) {
+  const std::string tmp = path + ".tmp." + std::to_string(getpid());
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    if (!out) return false;
+    out << content;
+    if (!out) return false;
+  }
+  return ::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+}  // namespace
+
+struct Master::Proc {
+  Master* master = nullptr;
+  uv_process_t handle;
+  int pid = 0;
+  Generation* gen = nullptr;
+  Slot* slot = nullptr;
+  size_t agent = 0;
+  int relative_pid = 0;
+  int reloads = 0;
+  uint64_t start_ms = 0;      // loop time
+  uint64_t start_wall_s = 0;
+  std::string version;
+  Channel* ch = nullptr;
+  bool ready = false;
+  bool leaving = false;
+  bool exited = false;
+  struct CliCall {
+    uint64_t deadline_ms;
+    std::function<void(bool, std::string)> done;
+  };
+  std::map<uint64_t, CliCall> cli;
+};
+
+struct Master::Slot {
+  Generation* gen = nullptr;
+  size_t agent = 0;
+  int index = 0;
+  int relative_pid = 0;
+  Proc* proc = nullptr;
+  uint64_t backoff_ms = kBackoffMinMs;
+  uint64_t respawn_at_ms = 0;  // 0: nothing scheduled
+  uint64_t crashes = 0;
+};
+
+struct Master::Generation {
+  int id = 0;
+  config::Config cfg;
+  std::string text;
+  std::vector<std::unique_ptr<Slot>> slots;
+  uint64_t deadline_ms = 0;  // readiness deadline while starting
+  std::string errors;        // what the workers reported while starting
+  bool ready = false;
+};
+
+Master::Master(uv_loop_t* loop, MasterOptions opts, config::Config cfg, std::string cfg_text)
+    : loop_(loop),
+      opts_(std::move(opts)),
+      cfg_(std::move(cfg)),
+      cfg_text_(std::move(cfg_text)),
+      start_time_s_(wall_s()) {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  exe_ = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string("/proc/self/exe");
+}
+
+Master::~Master() = default;
+
+// ---- start and processes ------------------------------------------------------------------
+
+int Master::run() {
+  auto log = mlog();
+  uv_timer_init(loop_, &stop_timer_);
+  stop_timer_.data = this;
+  const int sigs[5] = {SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP};
+  for (int i = 0; i < 5; ++i) {
+    uv_signal_init(loop_, &sig_[i]);
+    sig_[i].data = this;
+    uv_signal_start(&sig_[i], on_signal, sigs[i]);
+  }
+  uv_timer_init(loop_, &tick_);
+  tick_.data = this;
+  uv_timer_start(&tick_, on_tick, kTickMs, kTickMs);
+
+  try {
+    cli_path_ = !opts_.cli_socket.empty() ? opts_.cli_socket : cfg_.cli.socket;
+    if (!cli_path_.empty()) {
+      const int fd = runtime::listen_unix(cli_path_, 64, &cli_inode_,
+                                          static_cast<int>(cfg_.cli.mode));
+      cli_ = std::make_unique<cli::MasterCli>(loop_, *this);
+      cli_->listen(fd);
+    }
+    pidfile_ = !opts_.pidfile.empty() ? opts_.pidfile : cfg_.pidfile;
+    if (!pidfile_.empty() && !write_atomically(pidfile_, std::to_string(getpid()) + "\n"))
+      throw std::runtime_error("cannot write pidfile " + pidfile_ + ": " + std::strerror(errno));
+    bind_unix_listeners(cfg_);
+  } catch (const std::exception& e) {
+    log->critical("cannot start: {}", e.what());
+    exit_status_ = 1;
+    stopping_ = true;
+    close_everything();
+    uv_run(loop_, UV_RUN_DEFAULT);
+    return exit_status_;
+  }
+  log->info("spoad {} master started, pid {}{}", SPOAD_VERSION, getpid(),
+            cli_path_.empty() ? "" : ", master CLI on " + cli_path_);
+  current_ = std::make_unique<Generation>();
+  current_->id = next_generation_id_++;
+  current_->cfg = cfg_;
+  current_->text = cfg_text_;
+  start_generation(*current_);
+  uv_run(loop_, UV_RUN_DEFAULT);
+  return exit_status_;
+}
+
+void Master::bind_unix_listeners(const config::Config& cfg) {
+  for (const auto& a : cfg.agents) {
+    if (a.listen.kind != config::ListenAddress::Kind::kUnix || unix_.count(a.listen.path)) continue;
+    UnixListener ul;
+    ul.fd = runtime::listen_unix(a.listen.path, a.runtime.backlog, &ul.inode);
+    unix_[a.listen.path] = ul;
+  }
+}
+
+void Master::start_generation(Generation& g) {
+  int relative = 1;
+  for (size_t a = 0; a < g.cfg.agents.size(); ++a)
+    for (int i = 0; i < g.cfg.agents[a].workers; ++i) {
+      auto s = std::make_unique<Slot>();
+      s->gen = &g;
+      s->agent = a;
+      s->index = i;
+      s->relative_pid = relative++;
+      g.slots.push_back(std::move(s));
+    }
+  g.deadline_ms = uv_now(loop_) + kReadyTimeoutMs;
+  for (auto& s : g.slots) spawn(*s);
+}
+
+Master::Proc* Master::spawn(Slot& s) {
+  Generation& g = *s.gen;
+  const config::AgentConfig& ac = g.cfg.agents[s.agent];
+  int fds[2];
+  if (uv_socketpair(SOCK_STREAM, 0, fds, 0, 0) != 0) {
+    mlog()->error("cannot create a socketpair for a worker of {}: {}", ac.name,
+                  std::strerror(errno));
+    schedule_respawn(s);
+    return nullptr;
+  }
+  auto p = std::make_unique<Proc>();
+  p->master = this;
+  p->gen = &g;
+  p->slot = &s;
+  p->agent = s.agent;
+  p->relative_pid = s.relative_pid;
+  p->handle.data = p.get();
+
+  std::string exe = exe_;
+  if (::access(exe.c_str(), X_OK) != 0) exe = "/proc/self/exe";
+  std::string worker_flag = "--worker";
+  char* args[] = {exe.data(), worker_flag.data(), nullptr};
+  uv_stdio_container_t stdio[5];
+  stdio[0].flags = UV_IGNORE;
+  stdio[1].flags = UV_INHERIT_FD;
+  stdio[1].data.fd = 1;
+  stdio[2].flags = UV_INHERIT_FD;
+  stdio[2].data.fd = 2;
+  stdio[3].flags = UV_INHERIT_FD;
+  stdio[3].data.fd = fds[1];
+  int listen_fd = -1;
+  int nstdio = 4;
+  if (ac.listen.kind == config::ListenAddress::Kind::kUnix) {
+    stdio[4].flags = UV_INHERIT_FD;
+    stdio[4].data.fd = unix_.at(ac.listen.path).fd;
+    listen_fd = 4;
+    nstdio = 5;
+  }
+  uv_process_options_t o{};
+  o.file = exe.c_str();
+  o.args = args;
+  o.exit_cb = on_process_exit;
+  o.stdio = stdio;
+  o.stdio_count = nstdio;
+  const int rc = uv_spawn(loop_, &p->handle, &o);
+  ::close(fds[1]);
+  if (rc != 0) {
+    ::close(fds[0]);
+    mlog()->error("cannot start a worker of {}: {}", ac.name, uv_strerror(rc));
+    uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), nullptr);
+    // The handle is closed by libuv without a running process: keep the memory until then.
+    procs_.push_back(std::move(p));
+    procs_.back()->exited = true;
+    schedule_respawn(s);
+    return nullptr;
+  }
+  p->pid = p->handle.pid;
+  p->start_ms = uv_now(loop_);
+  p->start_wall_s = wall_s();
+  Proc* raw = p.get();
+  raw->ch = Channel::open(
+      loop_, fds[0], [this, raw](const nlohmann::json& m) { on_message(raw, m); },
+      [raw] { raw->ch = nullptr; });
+  nlohmann::json init = {{"type", "init"},
+                         {"config", g.text},
+                         {"file", g.cfg.file},
+                         {"agent", s.agent},
+                         {"relative_pid", s.relative_pid},
+                         {"generation", g.id},
+                         {"listen_fd", listen_fd},
+                         {"log_level", opts_.log_level}};
+  if (raw->ch) raw->ch->send(init);
+  s.proc = raw;
+  procs_.push_back(std::move(p));
+  mlog()->info("New worker ({}) of {} forked (relative pid {}, generation {})", raw->pid,
+               ac.name, s.relative_pid, g.id);
+  return raw;
+}
+
+void Master::on_message(Proc* p, const nlohmann::json& m) {
+  const std::string type = m.value("type", "");
+  if (type == "ready") {
+    p->ready = true;
+    p->version = m.value("version", "");
+    check_generation(*p->gen);
+  } else if (type == "error") {
+    const std::string msg = m.value("message", "");
+    p->gen->errors += msg + "\n";
+  } else if (type == "cli") {
+    auto it = p->cli.find(m.value("id", uint64_t{0}));
+    if (it == p->cli.end()) return;
+    auto done = std::move(it->second.done);
+    p->cli.erase(it);
+    done(true, m.value("output", ""));
+  }
+}
+
+void Master::on_process_exit(uv_process_t* h, int64_t status, int signal) {
+  auto* p = static_cast<Proc*>(h->data);
+  p->master->on_exit(p, status, signal);
+}
+
+void Master::log_exit(const Proc& p, int64_t status, int signal) {
+  const std::string& name = p.gen->cfg.agents[p.agent].name;
+  const bool clean = !signal && status == 0;
+  if (p.leaving || stopping_) {
+    mlog()->info("Former worker ({}) of {} exited with {}", p.pid, name, exit_text(status, signal));
+  } else if (clean) {
+    mlog()->warn("Current worker ({}) of {} exited with {}", p.pid, name,
+                 exit_text(status, signal));
+  } else {
+    mlog()->error("Current worker ({}) of {} exited with {}", p.pid, name,
+                  exit_text(status, signal));
+  }
+}
+
+void Master::on_exit(Proc* p, int64_t status, int signal) {
+  log_exit(*p, status, signal);
+  p->exited = true;
+  if (p->ch) {
+    p->ch->close();
+    p->ch = nullptr;
+  }
+  auto calls = std::move(p->cli);
+  p->cli.clear();
+  for (auto& [id, call] : calls) call.done(false, "");
+  Generation& g = *p->gen;
+  Slot* s = p->slot;
+  if (s && s->proc == p) s->proc = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), [](uv_handle_t* h) {
+    auto* proc = static_cast<Proc*>(h->data);
+    Master* m = proc->master;
+    m->procs_.remove_if([proc](const std::unique_ptr<Proc>& x) { return x.get() == proc; });
+    m->gc_generations();
+    m->maybe_exit();
+  });
+  if (stopping_) return;
+  if (next_ && &g == next_.get()) {
+    std::string why = g.errors;
+    if (why.empty())
+      why = "worker " + std::to_string(p->pid) + " of " + g.cfg.agents[p->agent].name +
+            " exited with " + exit_text(status, signal) + " before it was ready\n";
+    generation_failed(g, why);
+    return;
+  }
+  if (current_ && &g == current_.get()) {
+    if (!g.ready) {
+      std::string why = g.errors.empty() ? "a worker exited with " + exit_text(status, signal)
+                                         : g.errors;
+      generation_failed(g, why);
+      return;
+    }
+    if (s && !p->leaving) {
+      ++s->crashes;
+      ++crashes_;
+      if (uv_now(loop_) - p->start_ms >= kStableMs) s->backoff_ms = kBackoffMinMs;
+      schedule_respawn(*s);
+    }
+  }
+}
+
+void Master::schedule_respawn(Slot& s) {
+  if (stopping_) return;
+  s.respawn_at_ms = uv_now(loop_) + s.backoff_ms;
+  mlog()->info("respawning relative pid {} in {} ms", s.relative_pid, s.backoff_ms);
+  s.backoff_ms = std::min(s.backoff_ms * 2, kBackoffMaxMs);
+}
+
+void Master::check_generation(Generation& g) {
+  if (g.ready) return;
+  for (auto& s : g.slots)
+    if (!s->proc || !s->proc->ready) return;
+  generation_ready(g);
+}
+
+void Master::generation_ready(Generation& g) {
+  g.ready = true;
+  if (current_ && &g == current_.get()) {
+    started_ = true;
+    mlog()->info("{} worker(s) ready", g.slots.size());
+    return;
+  }
+  if (!next_ || &g != next_.get()) return;
+  // The new generation serves: soft-stop the old one (HAProxy's -sf).
+  std::vector<int> old_pids;
+  for (auto& p : procs_) {
+    if (p->exited || p->gen == &g) continue;
+    ++p->reloads;
+    if (!p->leaving) {
+      p->leaving = true;
+      old_pids.push_back(p->pid);
+      ::kill(p->pid, SIGUSR1);
+    }
+  }
+  ++reloads_;
+  old_.push_back(std::move(current_));
+  current_ = std::move(next_);
+  cfg_ = current_->cfg;
+  cfg_text_ = current_->text;
+  // Unix sockets the new configuration no longer uses: the old workers keep their copies.
+  for (auto it = unix_.begin(); it != unix_.end();) {
+    bool used = false;
+    for (const auto& a : cfg_.agents)
+      used |= a.listen.kind == config::ListenAddress::Kind::kUnix && a.listen.path == it->first;
+    if (used) {
+      ++it;
+      continue;
+    }
+    ::close(it->second.fd);
+    runtime::unlink_if_owned(it->first, it->second.inode);
+    it = unix_.erase(it);
+  }
+  std::string text = "Success=1\n--\n";
+  const std::string tag = "(" + std::to_string(getpid()) + ") : ";
+  for (auto& s : current_->slots)
+    text += "[NOTICE]   " + tag + "New worker (" + std::to_string(s->proc->pid) + ") of " +
+            cfg_.agents[s->agent].name + " ready\n";
+  std::string olds;
+  for (int pid : old_pids) olds += (olds.empty() ? "" : " ") + std::to_string(pid);
+  if (!olds.empty()) text += "[NOTICE]   " + tag + "Soft-stopping old workers (" + olds + ")\n";
+  text += "[NOTICE]   " + tag + "Loading success.\n";
+  mlog()->info("reload {}: {} new worker(s) ready; soft-stopping {}", reloads_,
+               current_->slots.size(), olds.empty() ? "none" : olds);
+  finish_reload(true, text);
+}
+
+void Master::generation_failed(Generation& g, const std::string& why) {
+  if (next_ && &g == next_.get()) {
+    for (auto& s : g.slots)
+      if (s->proc && !s->proc->exited) ::kill(s->proc->pid, SIGTERM);
+    for (auto& p : procs_)
+      if (p->gen == &g) p->leaving = true;
+    old_.push_back(std::move(next_));
+    ++failed_reloads_;
+    const std::string tag = "(" + std::to_string(getpid()) + ") : ";
+    std::string text = "Success=0\n--\n";
+    std::istringstream lines(why);
+    for (std::string l; std::getline(lines, l);) text += "[ALERT]    " + tag + l + "\n";
+    text += "[WARNING]  " + tag + "Loading failure!\n";
+    mlog()->error("reload failed, the current workers keep serving: {}", why);
+    finish_reload(false, text);
+    return;
+  }
+  // The first generation could not start: give up, as HAProxy does at its first start.
+  mlog()->critical("cannot start: {}", why);
+  exit_status_ = 1;
+  hard_stop();
+}
+
+void Master::gc_generations() {
+  old_.remove_if([this](const std::unique_ptr<Generation>& g) {
+    for (auto& p : procs_)
+      if (p->gen == g.get()) return false;
+    return true;
+  });
+}
+
+// ---- periodic work: respawns, deadlines ---------------------------------------------------
+
+void Master::on_tick(uv_timer_t* t) {
+  auto* m = static_cast<Master*>(t->data);
+  const uint64_t now = uv_now(m->loop_);
+  if (m->stopping_) return;
+  if (m->current_)
+    for (auto& s : m->current_->slots)
+      if (s->respawn_at_ms && now >= s->respawn_at_ms && !s->proc) {
+        s->respawn_at_ms = 0;
+        m->spawn(*s);
+      }
+  if (m->current_ && !m->current_->ready && now >= m->current_->deadline_ms)
+    m->generation_failed(*m->current_, m->current_->errors.empty()
+                                           ? "workers not ready in time\n"
+                                           : m->current_->errors);
+  if (m->next_ && now >= m->next_->deadline_ms)
+    m->generation_failed(*m->next_, m->next_->errors + "new workers not ready in time\n");
+  for (auto& p : m->procs_) {
+    for (auto it = p->cli.begin(); it != p->cli.end();) {
+      if (now < it->second.deadline_ms) {
+        ++it;
+        continue;
+      }
+      auto done = std::move(it->second.done);
+      it = p->cli.erase(it);
+      done(false, "");
+    }
+  }
+}
+
+// ---- reload -------------------------------------------------------------------------------
+
+void Master::reload(std::function<void(std::string)> done) {
+  queued_reloads_.push_back(std::move(done));
+  if (!reload_running_) do_reload();
+}
+
+void Master::do_reload() {
+  if (stopping_ || queued_reloads_.empty()) return;
+  reload_running_ = true;
+  reload_waiters_ = std::move(queued_reloads_);
+  queued_reloads_.clear();
+  mlog()->info("Reloading spoad from {}", opts_.config_path);
+  config::Config cfg;
+  std::string text;
+  try {
+    text = config::read_text(opts_.config_path);
+    cfg = config::parse_config(text, opts_.config_path);
+    bind_unix_listeners(cfg);
+  } catch (const std::exception& e) {
+    ++failed_reloads_;
+    const std::string tag = "(" + std::to_string(getpid()) + ") : ";
+    mlog()->error("reload failed, the current workers keep serving: {}", e.what());
+    finish_reload(false, "Success=0\n--\n[ALERT]    " + tag + e.what() + "\n[WARNING]  " + tag +
+                             "Loading failure!\n");
+    return;
+  }
+  next_ = std::make_unique<Generation>();
+  next_->id = next_generation_id_++;
+  next_->cfg = std::move(cfg);
+  next_->text = std::move(text);
+  start_generation(*next_);
+}
+
+void Master::finish_reload(bool ok, const std::string& text) {
+  last_reload_failed_ = !ok;
+  auto waiters = std::move(reload_waiters_);
+  reload_waiters_.clear();
+  reload_running_ = false;
+  for (auto& w : waiters)
+    if (w) w(text);
+  if (!queued_reloads_.empty()) do_reload();
+}
+
+// ---- CLI backend ----------------------------------------------------------------------------
+
+std::string Master::show_proc() {
+  cli::ProcRow m;
+  m.pid = getpid();
+  m.type = "master";
+  m.relative_pid = 0;
+  m.reloads = reloads_;
+  m.uptime_s = wall_s() - start_time_s_;
+  m.version = SPOAD_VERSION;
+  std::vector<cli::ProcRow> current, old;
+  auto row = [this](const Proc& p) {
+    cli::ProcRow r;
+    r.pid = p.pid;
+    r.type = p.gen->cfg.agents[p.agent].name;
+    r.relative_pid = p.relative_pid;
+    r.reloads = p.reloads;
+    r.uptime_s = wall_s() - p.start_wall_s;
+    r.version = p.version.empty() ? SPOAD_VERSION : p.version;
+    return r;
+  };
+  if (current_)
+    for (auto& s : current_->slots)
+      if (s->proc && !s->proc->exited) current.push_back(row(*s->proc));
+  for (auto& p : procs_)
+    if (!p->exited && p->leaving && p->ready) old.push_back(row(*p));
+  return cli::show_proc(m, failed_reloads_, current, old);
+}
+
+std::string Master::version() { return SPOAD_VERSION; }
+
+int Master::worker_by_relative_pid(uint64_t n) {
+  if (!current_) return 0;
+  for (auto& s : current_->slots)
+    if (static_cast<uint64_t>(s->relative_pid) == n && s->proc && !s->proc->exited)
+      return s->proc->pid;
+  return 0;
+}
+
+Master::Proc* Master::find_pid(int pid) {
+  for (auto& p : procs_)
+    if (p->pid == pid && !p->exited) return p.get();
+  return nullptr;
+}
+
+bool Master::is_worker(uint64_t pid) { return find_pid(static_cast<int>(pid)) != nullptr; }
+
+void Master::worker_command(int pid, const std::string& line,
+                            std::function<void(bool, std::string)> done) {
+  Proc* p = find_pid(pid);
+  if (!p || !p->ch || !p->ready) {
+    done(false, "");
+    return;
+  }
+  const uint64_t id = next_cli_id_++;
+  p->cli[id] = {uv_now(loop_) + kCliTimeoutMs, std::move(done)};
+  p->ch->send({{"type", "cli"}, {"id", id}, {"line", line}});
+}
+
+// ---- signals and stop -----------------------------------------------------------------------
+
+void Master::on_signal(uv_signal_t* s, int signum) {
+  auto* m = static_cast<Master*>(s->data);
+  switch (signum) {
+    case SIGUSR2:
+    case SIGHUP:
+      mlog()->info("{}: reload", signum == SIGHUP ? "SIGHUP" : "SIGUSR2");
+      m->reload(nullptr);
+      break;
+    case SIGUSR1:
+      mlog()->info("SIGUSR1: soft-stop (grace {} ms)", m->cfg_.grace_ms);
+      m->soft_stop();
+      break;
+    default:
+      mlog()->info("{}: hard-stop", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+      m->hard_stop();
+      break;
+  }
+}
+
+void Master::soft_stop() {
+  if (stopping_) return;
+  stopping_ = true;
+  if (next_) {
+    for (auto& s : next_->slots)
+      if (s->proc && !s->proc->exited) ::kill(s->proc->pid, SIGTERM);
+    old_.push_back(std::move(next_));
+  }
+  for (auto& p : procs_)
+    if (!p->exited) ::kill(p->pid, SIGUSR1);
+  // The workers bound their soft-stop by the grace period; past it (and a margin), kill.
+  uv_timer_start(&stop_timer_, on_stop_timer, cfg_.grace_ms + 2000, 0);
+  finish_reload_on_stop();
+  maybe_exit();
+}
+
+void Master::hard_stop() {
+  const bool was = stopping_;
+  stopping_ = true;
+  if (next_) old_.push_back(std::move(next_));
+  for (auto& p : procs_)
+    if (!p->exited) ::kill(p->pid, SIGTERM);
+  if (!was || uv_timer_get_due_in(&stop_timer_) > kHardStopKillMs)
+    uv_timer_start(&stop_timer_, on_stop_timer, kHardStopKillMs, 0);
+  finish_reload_on_stop();
+  maybe_exit();
+}
+
+void Master::finish_reload_on_stop() {
+  if (!reload_running_ && queued_reloads_.empty()) return;
+  auto w = std::move(reload_waiters_);
+  for (auto& q : queued_reloads_) w.push_back(std::move(q));
+  reload_waiters_.clear();
+  queued_reloads_.clear();
+  reload_running_ = false;
+  for (auto& f : w)
+    if (f) f("Success=0\n--\nspoad is stopping\n");
+}
+
+void Master::on_stop_timer(uv_timer_t* t) {
+  auto* m = static_cast<Master*>(t->data);
+  for (auto& p : m->procs_)
+    if (!p->exited) {
+      mlog()->warn("worker {} still running: SIGKILL", p->pid);
+      ::kill(p->pid, SIGKILL);
+    }
+}
+
+void Master::maybe_exit() {
+  if (!stopping_ || closing_ || !procs_.empty()) return;
+  mlog()->info("All workers exited. Exiting... ({})", exit_status_);
+  close_everything();
+}
+
+void Master::close_everything() {
+  if (closing_) return;
+  closing_ = true;
+  for (auto& s : sig_)
+    if (uv_is_active(reinterpret_cast<uv_handle_t*>(&s)) || true)
+      uv_close(reinterpret_cast<uv_handle_t*>(&s), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&stop_timer_), nullptr);
+  if (cli_) cli_->close([] {});
+  if (!cli_path_.empty()) runtime::unlink_if_owned(cli_path_, cli_inode_);
+  for (auto& [path, ul] : unix_) {
+    ::close(ul.fd);
+    runtime::unlink_if_owned(path, ul.inode);
+  }
+  unix_.clear();
+  if (!pidfile_.empty()) {
+    std::ifstream in(pidfile_);
+    std::string content;
+    std::getline(in, content);
+    if (content == std::to_string(getpid())) ::unlink(pidfile_.c_str());
+  }
+}
+
+}  // namespace spoad::supervisor

@@ -1,0 +1,139 @@
+// The master process: starts `workers: N` worker processes per agent, respawns the ones that
+// die, reloads (new generation, then soft-stop of the old one), handles signals as HAProxy's
+// master does, and serves the master CLI.
+//
+//   SIGUSR2, SIGHUP   reload
+//   SIGUSR1           soft-stop: workers stop accepting, finish, exit; then the master exits
+//   SIGTERM, SIGINT   hard-stop: every process exits now
+//
+// Workers are spawned with libuv's process API (uv_spawn), which re-executes the spoad binary,
+// rather than with fork(): a forked child would inherit the master's libuv loop (epoll set,
+// signal pipe, thread pool) in a state libuv does not support sharing, and the master's
+// memory. A fresh exec starts the worker clean and small (idle RSS of a few MiB), picks up a
+// new binary on reload, and libuv reports exits on the master's loop.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/master_cli.h"
+#include "config/config.h"
+#include "supervisor/channel.h"
+
+namespace spoad::supervisor {
+
+struct MasterOptions {
+  std::string config_path;  // -f
+  std::string cli_socket;   // -S: overrides cli.socket
+  std::string pidfile;      // -p: overrides global.pidfile
+  std::string log_level;    // -l: overrides global.log-level (also given to workers)
+};
+
+class Master : public cli::MasterBackend {
+ public:
+  // Readiness deadline of a new generation (ms): past it, the reload (or the start) fails.
+  static constexpr uint64_t kReadyTimeoutMs = 15'000;
+  // Respawn backoff bounds (ms); a worker that lived this long resets its slot's backoff.
+  static constexpr uint64_t kBackoffMinMs = 100;
+  static constexpr uint64_t kBackoffMaxMs = 10'000;
+  static constexpr uint64_t kStableMs = 10'000;
+
+  Master(uv_loop_t* loop, MasterOptions opts, config::Config cfg, std::string cfg_text);
+  ~Master() override;
+
+  // Runs until stopped. Returns the exit status: 0 after a clean stop, 1 if the first
+  // generation could not start.
+  int run();
+
+  // cli::MasterBackend
+  std::string show_proc() override;
+  std::string version() override;
+  void reload(std::function<void(std::string)> done) override;
+  int worker_by_relative_pid(uint64_t relative_pid) override;
+  bool is_worker(uint64_t pid) override;
+  void worker_command(int pid, const std::string& line,
+                      std::function<void(bool, std::string)> done) override;
+  bool last_reload_failed() override { return last_reload_failed_; }
+
+ private:
+  struct Proc;
+  struct Slot;
+  struct Generation;
+
+  void start_generation(Generation& g);
+  Proc* spawn(Slot& s);
+  void on_exit(Proc* p, int64_t status, int signal);
+  void on_message(Proc* p, const nlohmann::json& msg);
+  void check_generation(Generation& g);
+  void generation_ready(Generation& g);
+  void generation_failed(Generation& g, const std::string& why);
+  void gc_generations();
+  void schedule_respawn(Slot& s);
+  void bind_unix_listeners(const config::Config& cfg);
+  void do_reload();
+  void finish_reload(bool ok, const std::string& text);
+  void finish_reload_on_stop();
+  void soft_stop();
+  void hard_stop();
+  void maybe_exit();
+  void close_everything();
+  Proc* find_pid(int pid);
+  void log_exit(const Proc& p, int64_t status, int signal);
+
+  static void on_signal(uv_signal_t* s, int signum);
+  static void on_process_exit(uv_process_t* h, int64_t status, int signal);
+  static void on_tick(uv_timer_t* t);
+  static void on_stop_timer(uv_timer_t* t);
+
+  uv_loop_t* loop_;
+  MasterOptions opts_;
+  config::Config cfg_;  // the configuration the current generation runs
+  std::string cfg_text_;
+  std::string exe_;     // the spoad binary, re-executed for each worker
+  uint64_t start_time_s_;
+  int reloads_ = 0;         // successful reloads
+  int failed_reloads_ = 0;
+  uint64_t crashes_ = 0;    // current workers that died and were respawned
+  bool last_reload_failed_ = false;
+  bool stopping_ = false;
+  bool started_ = false;    // the first generation became ready
+  int exit_status_ = 0;
+
+  std::list<std::unique_ptr<Proc>> procs_;  // every worker process not yet reaped
+  std::unique_ptr<Generation> current_;
+  std::unique_ptr<Generation> next_;        // being started by a reload
+  std::list<std::unique_ptr<Generation>> old_;
+  int next_generation_id_ = 1;
+  uint64_t next_cli_id_ = 1;
+
+  // Unix agent sockets, bound once by the master and inherited by the workers.
+  struct UnixListener {
+    int fd = -1;
+    uint64_t inode = 0;
+  };
+  std::map<std::string, UnixListener> unix_;
+
+  std::unique_ptr<cli::MasterCli> cli_;
+  std::string cli_path_;
+  uint64_t cli_inode_ = 0;
+  std::string pidfile_;
+
+  // Reload requests: the ones the running reload will answer, and the ones after it.
+  std::vector<std::function<void(std::string)>> reload_waiters_;
+  std::vector<std::function<void(std::string)>> queued_reloads_;
+  bool reload_running_ = false;
+
+  uv_signal_t sig_[5];
+  uv_timer_t tick_;        // respawns, readiness deadlines, CLI timeouts
+  uv_timer_t stop_timer_;  // SIGKILL for workers that outlive a stop
+  bool closing_ = false;
+};
+
+}  // namespace spoad::supervisor

@@ -1,0 +1,150 @@
+#include "supervisor/worker_process.h"
+
+#include <sys/prctl.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <csignal>
+#include <ctime>
+#include <memory>
+
+#include "cli/worker_cli.h"
+#include "config/config.h"
+#include "runtime/worker.h"
+#include "supervisor/channel.h"
+#include "util/log.h"
+#include "version.h"
+
+namespace spoad::supervisor {
+
+namespace {
+
+class WorkerProcess {
+ public:
+  explicit WorkerProcess(uv_loop_t* loop) : loop_(loop), log_(util::make_logger("spoad")) {}
+
+  int run(int fd) {
+    // Belt and braces beside the channel: the kernel signals us if the master dies.
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    master_pid_ = ::getppid();
+    if (master_pid_ == 1) return 1;  // the master died before we got here
+    ch_ = Channel::open(
+        loop_, fd, [this](const nlohmann::json& m) { on_message(m); }, [this] { master_gone(); });
+    if (!ch_) return 1;
+    const int sigs[5] = {SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP};
+    for (int i = 0; i < 5; ++i) {
+      uv_signal_init(loop_, &sig_[i]);
+      sig_[i].data = this;
+      uv_signal_start(&sig_[i], on_signal, sigs[i]);
+    }
+    uv_run(loop_, UV_RUN_DEFAULT);
+    worker_.reset();
+    uv_run(loop_, UV_RUN_DEFAULT);
+    return status_;
+  }
+
+ private:
+  void on_message(const nlohmann::json& m) {
+    const std::string type = m.value("type", "");
+    if (type == "init" && !worker_) {
+      init(m);
+    } else if (type == "cli" && cli_) {
+      const std::string out = cli_->execute(cli::split_commands(m.value("line", ""))[0]);
+      ch_->send({{"type", "cli"}, {"id", m.value("id", uint64_t{0})}, {"output", out}});
+    }
+  }
+
+  void init(const nlohmann::json& m) {
+    try {
+      const std::string level = m.value("log_level", "");
+      cfg_ = config::parse_config(m.value("config", ""), m.value("file", ""));
+      util::set_log_level(level.empty() ? cfg_.log_level : level);
+      const size_t agent = m.value("agent", size_t{0});
+      if (agent >= cfg_.agents.size()) throw std::runtime_error("no agent #" + std::to_string(agent));
+      const int listen_fd = m.value("listen_fd", -1);
+      worker_ = std::make_unique<runtime::Worker>(
+          loop_, std::vector<config::AgentConfig>{cfg_.agents[agent]});
+      cli::WorkerIdentity id;
+      id.pid = ::getpid();
+      id.relative_pid = m.value("relative_pid", 0);
+      id.generation = m.value("generation", 0);
+      id.version = SPOAD_VERSION;
+      id.start_time_s = static_cast<uint64_t>(std::time(nullptr));
+      worker_->start({listen_fd});
+      cli_ = std::make_unique<cli::WorkerCli>(*worker_, id);
+      ch_->send({{"type", "ready"}, {"pid", id.pid}, {"version", id.version}});
+    } catch (const std::exception& e) {
+      log_->critical("cannot start: {}", e.what());
+      ch_->send({{"type", "error"}, {"message", e.what()}});
+      status_ = 1;
+      stop(false);
+    }
+  }
+
+  static void on_signal(uv_signal_t* s, int signum) {
+    auto* w = static_cast<WorkerProcess*>(s->data);
+    switch (signum) {
+      case SIGUSR1:
+        w->stop(true);
+        break;
+      case SIGUSR2:
+      case SIGHUP:
+        if (w->worker_) w->worker_->reload_agents();
+        break;
+      default:
+        w->stop(false);
+        break;
+    }
+  }
+
+  void master_gone() {
+    ch_ = nullptr;
+    log_->warn("the master process is gone: stopping");
+    stop(false);
+  }
+
+  // Soft (finish in flight, bounded by the grace period) or hard stop, then leave the loop.
+  void stop(bool soft) {
+    if (!worker_) {
+      close_all();
+      return;
+    }
+    auto done = [this] { close_all(); };
+    if (soft) worker_->soft_stop(cfg_.grace_ms, done);
+    else worker_->hard_stop(done);
+  }
+
+  void close_all() {
+    if (closed_) return;
+    closed_ = true;
+    for (auto& s : sig_)
+      if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&s)))
+        uv_close(reinterpret_cast<uv_handle_t*>(&s), nullptr);
+    if (ch_) {
+      ch_->close();
+      ch_ = nullptr;
+    }
+  }
+
+  uv_loop_t* loop_;
+  std::shared_ptr<spdlog::logger> log_;
+  Channel* ch_ = nullptr;
+  config::Config cfg_;
+  std::unique_ptr<runtime::Worker> worker_;
+  std::unique_ptr<cli::WorkerCli> cli_;
+  uv_signal_t sig_[5];
+  int master_pid_ = 0;
+  int status_ = 0;
+  bool closed_ = false;
+};
+
+}  // namespace
+
+int run_worker(int fd) {
+  WorkerProcess w(uv_default_loop());
+  const int status = w.run(fd);
+  uv_loop_close(uv_default_loop());
+  return status;
+}
+
+}  // namespace spoad::supervisor

@@ -1,0 +1,16 @@
+// A worker process: what `spoad --worker` runs after the master spawned it. It reads its
+// instructions (configuration text, agent, relative pid) from the channel on fd 3, serves its
+// agent, reports READY once it listens, answers CLI commands routed by the master, and stops:
+//
+//   SIGUSR1           soft-stop, bounded by global.grace
+//   SIGTERM, SIGINT   hard-stop
+//   SIGHUP, SIGUSR2   the agent re-reads its data (lists)
+//   channel closed    the master is gone (even SIGKILLed): hard-stop at once
+#pragma once
+
+namespace spoad::supervisor {
+
+// Runs the worker on the channel `fd`. Returns the process exit status.
+int run_worker(int fd);
+
+}  // namespace spoad::supervisor
