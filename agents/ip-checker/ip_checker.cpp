@@ -674,9 +674,9 @@ std::string IpCheckerAgent::show_ip(const std::string& address) const {
 
 std::vector<agent::CliCommand> IpCheckerAgent::cli_commands() {
   std::vector<agent::CliCommand> cmds;
-  cmds.push_back({"show lists", "show lists : the allow and deny lists, their size and status",
+  cmds.push_back({"show lists", "", "the allow and deny lists, their size and status",
                   [this](const std::vector<std::string>&) { return show_lists(); }});
-  cmds.push_back({"show ip", "show ip <address> : the variables the agent would set for it",
+  cmds.push_back({"show ip", "show ip <address>", "the variables the agent would set for it",
                   [this](const std::vector<std::string>& args) {
                     if (args.size() != 1) return std::string("usage: show ip <address>\n");
                     return show_ip(args[0]);
