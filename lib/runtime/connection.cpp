@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/ioctl.h>
 
 #include <algorithm>
 #include <cstring>
@@ -196,8 +197,7 @@ void Connection::process() {
     std::vector<uint8_t>().swap(rbuf_);
   }
   in_process_ = false;
-  if (draining_ && state_ == State::kReady && idle() && rlen_ == 0)
-    disconnect(spop::Status::kNormal, "");
+  if (drain_now()) disconnect(spop::Status::kNormal, "");
   flush();
   update_reading();
   maybe_finish_closing();
@@ -415,7 +415,20 @@ void Connection::disconnect(spop::Status status, const char* message) {
 
 void Connection::drain() {
   draining_ = true;
-  if (state_ == State::kReady && idle() && rlen_ == 0) disconnect(spop::Status::kNormal, "");
+  if (drain_now()) disconnect(spop::Status::kNormal, "");
+}
+
+bool Connection::drain_now() {
+  if (!draining_ || state_ != State::kReady || !idle() || rlen_ != 0) return false;
+  // HAProxy may have sent a NOTIFY we have not read yet: a DISCONNECT now would make it fail.
+  // Read and answer it first; the DISCONNECT then leaves with its ACK, and HAProxy reads both
+  // before it sends anything else on this connection.
+  uv_os_fd_t fd;
+  int unread = 0;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&handle_), &fd) == 0 &&
+      ::ioctl(fd, FIONREAD, &unread) == 0 && unread > 0)
+    return false;
+  return true;
 }
 
 void Connection::flush() {

@@ -78,6 +78,7 @@ class Connection final : public agent::Reply::Owner {
   void update_reading();
   void arm_timer();
   void maybe_finish_closing();
+  bool drain_now();  // draining, idle, and nothing unread: time for the DISCONNECT
   void set_inflight(uint32_t n);
   agent::Reply* new_reply();
 
