@@ -102,6 +102,8 @@ std::vector<Fields> WorkerCli::stat() const {
         {"ack_too_big", st.ack_too_big},
         {"nb_error", st.errors_total},
         {"disconnects_received", st.disconnects_received},
+        {"handed_off", st.handed_off},
+        {"adopted", st.adopted},
     };
     for (size_t i = 0; i < st.disconnects_sent.size(); ++i)
       f.emplace_back(std::string("disconnect_") + kDisconnectNames[i], st.disconnects_sent[i]);

@@ -139,6 +139,7 @@ Config parse_config(const std::string& text, const std::string& file_name) {
     global.fail("log-level", "expected trace, debug, info, warn, error, critical or off");
   cfg.grace_ms = global.duration_ms("grace", cfg.grace_ms, 0, 3'600'000);
   cfg.pidfile = global.str("pidfile", "");
+  cfg.handover_ms = global.duration_ms("handover", cfg.handover_ms, 0, 3'600'000);
   global.check_unknown();
 
   Options cli = top.map("cli");

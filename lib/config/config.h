@@ -4,6 +4,7 @@
 //     log-level: info           # trace|debug|info|warn|error|critical|off
 //     grace: 10s                # soft-stop bound
 //     pidfile: /run/spoad.pid   # the master's pid
+//     handover: 3s              # under HAProxy's program section, see supervisor/master.h
 //   cli:
 //     socket: /run/spoad/master.sock
 //     mode: "0600"
@@ -82,7 +83,8 @@ struct Config {
   std::string file;
   std::string log_level = "info";
   uint64_t grace_ms = 10'000;
-  std::string pidfile;  // "" = none
+  uint64_t handover_ms = 3'000;  // under HAProxy: accept until the successor serves, at most
+  std::string pidfile;           // "" = none
   CliConfig cli;
   std::vector<AgentConfig> agents;
 };

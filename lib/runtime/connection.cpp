@@ -24,6 +24,25 @@ constexpr size_t kReplyPool = 64;
 // A read buffer above this size is released once empty.
 constexpr size_t kKeepReadBuffer = 64 * 1024;
 
+std::string hex(const uint8_t* p, size_t n) {
+  static const char digits[] = "0123456789abcdef";
+  std::string s;
+  s.reserve(n * 2);
+  for (size_t i = 0; i < n; ++i) {
+    s += digits[p[i] >> 4];
+    s += digits[p[i] & 15];
+  }
+  return s;
+}
+
+std::string unhex(const std::string& s) {
+  auto v = [](char c) { return c <= '9' ? c - '0' : c - 'a' + 10; };
+  std::string out;
+  for (size_t i = 0; i + 1 < s.size(); i += 2)
+    out += static_cast<char>((v(s[i]) << 4) | v(s[i + 1]));
+  return out;
+}
+
 }  // namespace
 
 Connection::Connection(Server& server)
@@ -60,6 +79,33 @@ int Connection::adopt(int fd) {
   const int rc = uv_tcp_open(&handle_.tcp, fd);
   if (rc != 0) return rc;
   started();
+  return 0;
+}
+
+int Connection::adopt_established(int fd, const nlohmann::json& st) {
+  const int rc = server_.config().listen.kind == config::ListenAddress::Kind::kUnix
+                     ? uv_pipe_open(&handle_.pipe, fd)
+                     : uv_tcp_open(&handle_.tcp, fd);
+  if (rc != 0) return rc;
+  if (server_.config().listen.kind == config::ListenAddress::Kind::kTcp)
+    uv_tcp_nodelay(&handle_.tcp, 1);
+  peer_ = st.value("peer", std::string("?"));
+  max_frame_size_ = std::min<uint32_t>(st.value("max_frame_size", uint32_t{spop::kMinFrameSize}),
+                                       server_.config().runtime.max_frame_size);
+  caps_.pipelining = st.value("pipelining", false);
+  caps_.async = st.value("async", false);
+  caps_.fragmentation = st.value("fragmentation", false);
+  const std::string buffered = unhex(st.value("buffered", std::string()));
+  rbuf_.assign(buffered.begin(), buffered.end());
+  rlen_ = rbuf_.size();
+  if (rbuf_.size() < size_t{max_frame_size_} + 4) rbuf_.resize(size_t{max_frame_size_} + 4);
+  state_ = State::kReady;
+  set_inflight(0);
+  last_activity_ms_ = uv_now(loop());
+  deadline_ms_ = last_activity_ms_ + server_.config().runtime.idle_timeout_ms;
+  arm_timer();
+  update_reading();
+  if (rlen_ > 0) process();
   return 0;
 }
 
@@ -197,10 +243,17 @@ void Connection::process() {
     std::vector<uint8_t>().swap(rbuf_);
   }
   in_process_ = false;
+  settle();
+}
+
+// After any progress: DISCONNECT or hand off a draining connection once it can go, write what
+// is queued, adjust reading.
+void Connection::settle() {
   if (drain_now()) disconnect(spop::Status::kNormal, "");
   flush();
   update_reading();
   maybe_finish_closing();
+  maybe_hand_off();
 }
 
 void Connection::handle_frame(const spop::Frame& f) {
@@ -277,7 +330,11 @@ void Connection::handle_hello(const spop::Frame& f) {
   set_inflight(0);
   deadline_ms_ = last_activity_ms_ + rt.idle_timeout_ms;
   arm_timer();
-  if (draining_) drain();
+  // A connection that greets a draining server, or a new engine during a hand-over, is closed
+  // right after its HELLO: HAProxy reads the AGENT-HELLO and the AGENT-DISCONNECT together,
+  // before it sends any NOTIFY.
+  const bool welcome = server_.on_engine(std::string(h.engine_id));
+  if (drain_mode_ != DrainMode::kNone || !welcome) drain(DrainMode::kDisconnect);
 }
 
 void Connection::handle_notify(const spop::Frame& f) {
@@ -349,6 +406,38 @@ void Connection::on_reply_complete(agent::Reply& reply) {
   if (!in_process_) process();  // resumes frames held back by backpressure, drains, flushes
 }
 
+void Connection::maybe_hand_off() {
+  // The safe point: nothing in flight, nothing half reassembled, every ACK written. Whatever
+  // HAProxy sends from now on waits in the socket for the new owner.
+  if (drain_mode_ != DrainMode::kHandOff || state_ != State::kReady || !idle() ||
+      write_pending_ || !out_.empty() || handing_off_)
+    return;
+  if (reading_) {
+    uv_read_stop(stream());
+    reading_ = false;
+  }
+  handing_off_ = true;
+  nlohmann::json st = {{"max_frame_size", max_frame_size_},
+                       {"pipelining", caps_.pipelining},
+                       {"async", caps_.async},
+                       {"fragmentation", caps_.fragmentation},
+                       {"peer", peer_},
+                       {"buffered", hex(rbuf_.data(), rlen_)}};
+  server_.hand_off(st, stream(), [this](bool ok) {
+    if (!ok) {  // the channel failed: fall back to a DISCONNECT
+      server_.log().warn("could not hand the connection from {} over: closing it with a DISCONNECT",
+                         peer_);
+      handing_off_ = false;
+      drain_mode_ = DrainMode::kDisconnect;
+      update_reading();
+      settle();
+      return;
+    }
+    ++server_.mutable_stats().handed_off;
+    close_now();  // our copy only: the socket lives on in the new worker
+  });
+}
+
 void Connection::queue_ack(agent::Reply& reply) {
   Stats& st = server_.mutable_stats();
   const auto& a = reply.actions();
@@ -413,13 +502,15 @@ void Connection::disconnect(spop::Status status, const char* message) {
   }
 }
 
-void Connection::drain() {
-  draining_ = true;
-  if (drain_now()) disconnect(spop::Status::kNormal, "");
+void Connection::drain(DrainMode mode) {
+  drain_mode_ = mode;
+  if (in_process_) return;  // process() settles at its end
+  settle();
 }
 
 bool Connection::drain_now() {
-  if (!draining_ || state_ != State::kReady || !idle() || rlen_ != 0) return false;
+  if (drain_mode_ != DrainMode::kDisconnect || state_ != State::kReady || !idle() || rlen_ != 0)
+    return false;
   // HAProxy may have sent a NOTIFY we have not read yet: a DISCONNECT now would make it fail.
   // Read and answer it first; the DISCONNECT then leaves with its ACK, and HAProxy reads both
   // before it sends anything else on this connection.
@@ -468,17 +559,17 @@ void Connection::on_write(uv_write_t* req, int status) {
   }
   c->server_.mutable_stats().bytes_out += c->writing_.size();
   c->writing_.clear();
-  c->flush();
-  c->update_reading();
-  c->maybe_finish_closing();
+  c->settle();
 }
 
 void Connection::update_reading() {
   if (state_ == State::kClosed) return;
-  bool want = true;
+  // Handing off: read only to finish a fragmented NOTIFY; the rest stays for the new owner.
+  bool want = !(drain_mode_ == DrainMode::kHandOff && !reasm_.active());
   if (state_ == State::kReady) {
     const auto& rt = server_.config().runtime;
-    want = inflight_ < rt.max_inflight && out_.size() + writing_.size() < kMaxPendingOutput;
+    want = want && inflight_ < rt.max_inflight &&
+           out_.size() + writing_.size() < kMaxPendingOutput;
   }
   if (want && !reading_) {
     if (uv_read_start(stream(), on_alloc, on_read) == 0) reading_ = true;

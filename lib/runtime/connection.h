@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "agent/reply.h"
 #include "spop/reassembler.h"
 #include "spop/types.h"
@@ -24,6 +26,20 @@
 namespace spoad::runtime {
 
 class Server;
+
+// How a soft-stopping server lets go of an established connection.
+enum class DrainMode {
+  kNone,
+  // Answer the NOTIFYs in flight, then AGENT-DISCONNECT status 0 at the first idle moment
+  // (plain soft-stop: nobody takes over).
+  kDisconnect,
+  // Answer the NOTIFYs in flight, then hand the socket to a worker of the new generation
+  // (reload): no DISCONNECT, so no NOTIFY can cross one, and HAProxy sees nothing.
+  kHandOff,
+  // Keep serving until HAProxy closes (HAProxy soft-stops too: program-section reload); the
+  // grace period bounds it.
+  kWait,
+};
 
 class Connection final : public agent::Reply::Owner {
  public:
@@ -40,11 +56,17 @@ class Connection final : public agent::Reply::Owner {
   // Closes at once, without a DISCONNECT (hard-stop). Outstanding replies are cancelled.
   void close_now();
 
-  // Soft-stop: finish the NOTIFYs in flight, send AGENT-DISCONNECT status 0 as soon as the
-  // connection is idle, then close.
-  void drain();
+  // Soft-stop (see DrainMode). A connection still waiting for its HELLO is closed right
+  // after it, whatever the mode.
+  void drain(DrainMode mode);
+
+  // Takes over an established connection handed off by a worker of the previous generation:
+  // `fd` (owned from now on) and the state that worker negotiated (max_frame_size,
+  // capabilities, peer, bytes it had read but not processed). Returns a libuv error code.
+  int adopt_established(int fd, const nlohmann::json& state);
 
   bool idle() const { return inflight_ == 0 && !reasm_.active(); }
+  bool greeting() const { return state_ == State::kHello; }  // HELLO not received yet
   bool open() const { return state_ != State::kClosed; }
 
   void on_reply_complete(agent::Reply& reply) override;
@@ -79,6 +101,8 @@ class Connection final : public agent::Reply::Owner {
   void arm_timer();
   void maybe_finish_closing();
   bool drain_now();  // draining, idle, and nothing unread: time for the DISCONNECT
+  void maybe_hand_off();
+  void settle();
   void set_inflight(uint32_t n);
   agent::Reply* new_reply();
 
@@ -93,7 +117,8 @@ class Connection final : public agent::Reply::Owner {
   int open_handles_ = 0;
   bool shutdown_sent_ = false;
   State state_ = State::kHello;
-  bool draining_ = false;
+  DrainMode drain_mode_ = DrainMode::kNone;
+  bool handing_off_ = false;
   bool reading_ = false;
   bool in_process_ = false;
   bool counted_idle_ = false;

@@ -87,6 +87,44 @@ void Server::accept_pending() {
   ++stats_.conns_total;
 }
 
+void Server::hand_over(std::unordered_set<std::string> old_engines) {
+  handing_over_ = true;
+  old_engines_ = std::move(old_engines);
+}
+
+bool Server::on_engine(const std::string& engine_id) {
+  if (handing_over_ && !old_engines_.contains(engine_id)) return false;
+  if (!engine_id.empty() && seen_engines_.size() < kMaxEngines &&
+      seen_engines_.insert(engine_id).second && engine_cb_)
+    engine_cb_(engine_id);
+  return true;
+}
+
+void Server::adopt(int fd, const nlohmann::json& state) {
+  if (stopping_) {
+    ::close(fd);
+    return;
+  }
+  auto* c = new Connection(*this);
+  conns_.insert(c);
+  ++stats_.conns_current;
+  if (c->adopt_established(fd, state) != 0) {
+    ::close(fd);
+    c->close_now();
+    return;
+  }
+  ++stats_.adopted;
+}
+
+void Server::hand_off(const nlohmann::json& state, uv_stream_t* handle,
+                      std::function<void(bool)> done) {
+  if (!handoff_) {
+    done(false);
+    return;
+  }
+  handoff_(state, handle, std::move(done));
+}
+
 void Server::on_connection_closed(Connection* c) {
   conns_.erase(c);
   --stats_.conns_current;
@@ -128,8 +166,9 @@ void Server::drain_accept_queue() {
   }
 }
 
-void Server::soft_stop(std::function<void()> done) {
+void Server::soft_stop(std::function<void()> done, DrainMode mode) {
   if (stopping_) return;
+  if (mode == DrainMode::kHandOff && !handoff_) mode = DrainMode::kDisconnect;
   stopping_ = true;
   stopped_cb_ = std::move(done);
   // With SO_REUSEPORT each listener has its own accept queue, and closing it would reset the
@@ -137,8 +176,7 @@ void Server::soft_stop(std::function<void()> done) {
   drain_accept_queue();
   close_listener();
   std::vector<Connection*> conns(conns_.begin(), conns_.end());
-  for (Connection* c : conns)
-    c->drain();
+  for (Connection* c : conns) c->drain(mode);
   agent_->stop([this] {
     agent_stopped_ = true;
     check_stopped();

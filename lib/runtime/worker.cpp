@@ -45,7 +45,7 @@ void Worker::server_stopped() {
   }
 }
 
-void Worker::soft_stop(uint64_t grace_ms, std::function<void()> done) {
+void Worker::soft_stop(uint64_t grace_ms, std::function<void()> done, DrainMode mode) {
   if (stopping_) return;
   stopping_ = true;
   done_ = std::move(done);
@@ -56,8 +56,7 @@ void Worker::soft_stop(uint64_t grace_ms, std::function<void()> done) {
   }
   grace_armed_ = true;
   uv_timer_start(&grace_timer_, on_grace, grace_ms, 0);
-  for (auto& s : servers_)
-    s->soft_stop([this] { server_stopped(); });
+  for (auto& s : servers_) s->soft_stop([this] { server_stopped(); }, mode);
 }
 
 void Worker::on_grace(uv_timer_t* t) {
@@ -85,6 +84,10 @@ void Worker::hard_stop(std::function<void()> done) {
   if (!was_stopping) running_ = servers_.size();
   for (auto& s : servers_)
     s->hard_stop([this] { server_stopped(); });
+}
+
+void Worker::hand_over(const std::unordered_set<std::string>& old_engines) {
+  for (auto& s : servers_) s->hand_over(old_engines);
 }
 
 void Worker::reload_agents() {

@@ -6,6 +6,8 @@
 #include <uv.h>
 
 #include <functional>
+#include <string>
+#include <unordered_set>
 #include <memory>
 #include <vector>
 
@@ -25,12 +27,16 @@ class Worker {
   // address that cannot be bound).
   void start(const std::vector<int>& fds = {});
 
-  // Soft-stop every server; after `grace_ms` (milliseconds) whatever is left is closed at
-  // once. `done` runs when everything is closed.
-  void soft_stop(uint64_t grace_ms, std::function<void()> done);
+  // Soft-stop every server (connections let go as `mode` says); after `grace_ms`
+  // (milliseconds) whatever is left is closed at once. `done` runs when everything is closed.
+  void soft_stop(uint64_t grace_ms, std::function<void()> done,
+                 DrainMode mode = DrainMode::kDisconnect);
 
   // Hard-stop: close everything now; `done` runs when all handles are closed.
   void hard_stop(std::function<void()> done);
+
+  // Server::hand_over() on every server.
+  void hand_over(const std::unordered_set<std::string>& old_engines);
 
   // Asks each agent to re-read its external data (lists).
   void reload_agents();

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <fstream>
@@ -121,17 +122,9 @@ int Master::run() {
   tick_.data = this;
   uv_timer_start(&tick_, on_tick, kTickMs, kTickMs);
 
+  cli_path_ = !opts_.cli_socket.empty() ? opts_.cli_socket : cfg_.cli.socket;
+  pidfile_ = !opts_.pidfile.empty() ? opts_.pidfile : cfg_.pidfile;
   try {
-    cli_path_ = !opts_.cli_socket.empty() ? opts_.cli_socket : cfg_.cli.socket;
-    if (!cli_path_.empty()) {
-      const int fd = runtime::listen_unix(cli_path_, 64, &cli_inode_,
-                                          static_cast<int>(cfg_.cli.mode));
-      cli_ = std::make_unique<cli::MasterCli>(loop_, *this);
-      cli_->listen(fd);
-    }
-    pidfile_ = !opts_.pidfile.empty() ? opts_.pidfile : cfg_.pidfile;
-    if (!pidfile_.empty() && !write_atomically(pidfile_, std::to_string(getpid()) + "\n"))
-      throw std::runtime_error("cannot write pidfile " + pidfile_ + ": " + std::strerror(errno));
     bind_unix_listeners(cfg_);
   } catch (const std::exception& e) {
     log->critical("cannot start: {}", e.what());
@@ -141,8 +134,7 @@ int Master::run() {
     uv_run(loop_, UV_RUN_DEFAULT);
     return exit_status_;
   }
-  log->info("spoad {} master started, pid {}{}", SPOAD_VERSION, getpid(),
-            cli_path_.empty() ? "" : ", master CLI on " + cli_path_);
+  log->info("spoad {} master started, pid {}", SPOAD_VERSION, getpid());
   current_ = std::make_unique<Generation>();
   current_->id = next_generation_id_++;
   current_->cfg = cfg_;
@@ -150,6 +142,33 @@ int Master::run() {
   start_generation(*current_);
   uv_run(loop_, UV_RUN_DEFAULT);
   return exit_status_;
+}
+
+void Master::publish() {
+  // Only now, with every worker serving: a spoad being replaced (HAProxy program reload)
+  // watches these paths to know that its successor serves (see soft_stop()).
+  if (!cli_path_.empty()) {
+    const int fd =
+        runtime::listen_unix(cli_path_, 64, &cli_inode_, static_cast<int>(cfg_.cli.mode));
+    cli_ = std::make_unique<cli::MasterCli>(loop_, *this);
+    cli_->listen(fd);
+  }
+  if (!pidfile_.empty() && !write_atomically(pidfile_, std::to_string(getpid()) + "\n"))
+    throw std::runtime_error("cannot write pidfile " + pidfile_ + ": " + std::strerror(errno));
+}
+
+bool Master::successor_serves() const {
+  struct stat st {};
+  if (!cli_path_.empty() && cli_inode_ != 0 && ::lstat(cli_path_.c_str(), &st) == 0 &&
+      st.st_ino != cli_inode_)
+    return true;
+  if (!pidfile_.empty()) {
+    std::ifstream in(pidfile_);
+    std::string content;
+    std::getline(in, content);
+    if (!content.empty() && content != std::to_string(getpid())) return true;
+  }
+  return false;
 }
 
 void Master::bind_unix_listeners(const config::Config& cfg) {
@@ -237,7 +256,7 @@ Master::Proc* Master::spawn(Slot& s) {
   p->start_wall_s = wall_s();
   Proc* raw = p.get();
   raw->ch = Channel::open(
-      loop_, fds[0], [this, raw](const nlohmann::json& m) { on_message(raw, m); },
+      loop_, fds[0], [this, raw](const nlohmann::json& m, int fd) { on_message(raw, m, fd); },
       [raw] { raw->ch = nullptr; });
   nlohmann::json init = {{"type", "init"},
                          {"config", g.text},
@@ -255,9 +274,24 @@ Master::Proc* Master::spawn(Slot& s) {
   return raw;
 }
 
-void Master::on_message(Proc* p, const nlohmann::json& m) {
+void Master::on_message(Proc* p, const nlohmann::json& m, int fd) {
   const std::string type = m.value("type", "");
-  if (type == "ready") {
+  if (type == "handoff") {
+    hand_off(m, fd);
+    return;
+  }
+  if (fd >= 0) ::close(fd);
+  if (type == "engine") {
+    // The HAProxy processes (engine-ids) this spoad has served, for a hand-over.
+    const std::string id = m.value("id", "");
+    if (!id.empty() && known_engines_.insert(id).second) {
+      engine_order_.push_back(id);
+      if (engine_order_.size() > kMaxEngines) {
+        known_engines_.erase(engine_order_.front());
+        engine_order_.pop_front();
+      }
+    }
+  } else if (type == "ready") {
     p->ready = true;
     p->version = m.value("version", "");
     check_generation(*p->gen);
@@ -271,6 +305,28 @@ void Master::on_message(Proc* p, const nlohmann::json& m) {
     p->cli.erase(it);
     done(true, m.value("output", ""));
   }
+}
+
+void Master::hand_off(const nlohmann::json& m, int fd) {
+  // A connection an old worker let go at a safe point: give it to a current worker of the same
+  // agent, in turn. Its unread bytes wait in the socket meanwhile.
+  const std::string agent = m.value("agent", "");
+  std::vector<Proc*> targets;
+  if (current_)
+    for (auto& s : current_->slots)
+      if (s->proc && s->proc->ready && !s->proc->exited && s->proc->ch &&
+          current_->cfg.agents[s->agent].name == agent)
+        targets.push_back(s->proc);
+  if (targets.empty() || fd < 0) {
+    mlog()->warn("no current worker of {} to take over a connection: closing it", agent);
+    if (fd >= 0) ::close(fd);
+    return;
+  }
+  Proc* t = targets[handoff_rr_++ % targets.size()];
+  nlohmann::json out = m;
+  out["type"] = "adopt";
+  out.erase("fd");
+  t->ch->send_fd(out, fd);
 }
 
 void Master::on_process_exit(uv_process_t* h, int64_t status, int signal) {
@@ -355,7 +411,16 @@ void Master::generation_ready(Generation& g) {
   g.ready = true;
   if (current_ && &g == current_.get()) {
     started_ = true;
-    mlog()->info("{} worker(s) ready", g.slots.size());
+    try {
+      publish();
+    } catch (const std::exception& e) {
+      mlog()->critical("cannot start: {}", e.what());
+      exit_status_ = 1;
+      hard_stop();
+      return;
+    }
+    mlog()->info("{} worker(s) ready{}", g.slots.size(),
+                 cli_path_.empty() ? "" : "; master CLI on " + cli_path_);
     return;
   }
   if (!next_ || &g != next_.get()) return;
@@ -365,9 +430,12 @@ void Master::generation_ready(Generation& g) {
     if (p->exited || p->gen == &g) continue;
     ++p->reloads;
     if (!p->leaving) {
-      p->leaving = true;
       old_pids.push_back(p->pid);
-      ::kill(p->pid, SIGUSR1);
+      const config::AgentConfig& mine = p->gen->cfg.agents[p->agent];
+      bool successor = false;
+      for (const auto& a : g.cfg.agents)
+        successor |= a.name == mine.name && a.listen.kind == mine.listen.kind;
+      soft_stop_worker(*p, g.cfg.grace_ms, successor ? "handoff" : "disconnect");
     }
   }
   ++reloads_;
@@ -438,6 +506,12 @@ void Master::gc_generations() {
 void Master::on_tick(uv_timer_t* t) {
   auto* m = static_cast<Master*>(t->data);
   const uint64_t now = uv_now(m->loop_);
+  if (m->handover_ && (now >= m->handover_deadline_ms_ || m->successor_serves())) {
+    mlog()->info("soft-stop: {}", now >= m->handover_deadline_ms_
+                                      ? "no successor seen in time"
+                                      : "the new spoad serves");
+    m->begin_soft_stop();
+  }
   if (m->stopping_) return;
   if (m->current_)
     for (auto& s : m->current_->slots)
@@ -589,23 +663,60 @@ void Master::on_signal(uv_signal_t* s, int signum) {
 }
 
 void Master::soft_stop() {
-  if (stopping_) return;
+  if (stopping_ || handover_) return;
+  // Under HAProxy's master (a `program` section), SIGUSR1 means "a new spoad is starting
+  // now": keep accepting until it serves, or HAProxy's new worker would find nobody on the
+  // port, mark the agent DOWN and fail SPOE until its next health check.
+  const uint64_t handover = std::min(cfg_.handover_ms, cfg_.grace_ms);
+  if (started_ && handover > 0 && std::getenv("HAPROXY_MWORKER") != nullptr) {
+    handover_ = true;
+    handed_over_ = true;
+    stop_requested_ms_ = uv_now(loop_);
+    handover_deadline_ms_ = stop_requested_ms_ + handover;
+    mlog()->info("soft-stop: serving until the new spoad serves (at most {} ms)", handover);
+    nlohmann::json engines = nlohmann::json::array();
+    for (const std::string& e : engine_order_) engines.push_back(e);
+    for (auto& p : procs_)
+      if (!p->exited && p->ch && p->ready)
+        p->ch->send({{"type", "hand-over"}, {"engines", engines}});
+    return;
+  }
+  stop_requested_ms_ = uv_now(loop_);
+  begin_soft_stop();
+}
+
+void Master::begin_soft_stop() {
+  handover_ = false;
   stopping_ = true;
+  const uint64_t elapsed = uv_now(loop_) - stop_requested_ms_;
+  const uint64_t grace = cfg_.grace_ms > elapsed ? cfg_.grace_ms - elapsed : 0;
   if (next_) {
     for (auto& s : next_->slots)
       if (s->proc && !s->proc->exited) ::kill(s->proc->pid, SIGTERM);
     old_.push_back(std::move(next_));
   }
+  // Under HAProxy's program reload, HAProxy soft-stops too and closes its own connections,
+  // which is the only way without a race: wait for it. Otherwise, DISCONNECT when idle.
+  const char* mode = handed_over_ ? "wait" : "disconnect";
   for (auto& p : procs_)
-    if (!p->exited) ::kill(p->pid, SIGUSR1);
+    if (!p->exited) soft_stop_worker(*p, grace, mode);
   // The workers bound their soft-stop by the grace period; past it (and a margin), kill.
-  uv_timer_start(&stop_timer_, on_stop_timer, cfg_.grace_ms + 2000, 0);
+  uv_timer_start(&stop_timer_, on_stop_timer, grace + 2000, 0);
   finish_reload_on_stop();
   maybe_exit();
 }
 
+void Master::soft_stop_worker(Proc& p, uint64_t grace_ms, const char* mode) {
+  p.leaving = true;
+  if (p.ch && p.ready)
+    p.ch->send({{"type", "soft-stop"}, {"grace_ms", grace_ms}, {"mode", mode}});
+  else
+    ::kill(p.pid, SIGUSR1);
+}
+
 void Master::hard_stop() {
   const bool was = stopping_;
+  handover_ = false;
   stopping_ = true;
   if (next_) old_.push_back(std::move(next_));
   for (auto& p : procs_)

@@ -3,7 +3,11 @@
 // master does, and serves the master CLI.
 //
 //   SIGUSR2, SIGHUP   reload
-//   SIGUSR1           soft-stop: workers stop accepting, finish, exit; then the master exits
+//   SIGUSR1           soft-stop: workers stop accepting, finish, exit; then the master exits.
+//                     Under HAProxy's master (HAPROXY_MWORKER set: a `program` section), the
+//                     workers first keep accepting until the new spoad HAProxy started at the
+//                     same time serves (it takes over the CLI socket or the pidfile), at most
+//                     global.handover.
 //   SIGTERM, SIGINT   hard-stop: every process exits now
 //
 // Workers are spawned with libuv's process API (uv_spawn), which re-executes the spoad binary,
@@ -16,6 +20,8 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <deque>
+#include <unordered_set>
 #include <functional>
 #include <list>
 #include <map>
@@ -70,7 +76,8 @@ class Master : public cli::MasterBackend {
   void start_generation(Generation& g);
   Proc* spawn(Slot& s);
   void on_exit(Proc* p, int64_t status, int signal);
-  void on_message(Proc* p, const nlohmann::json& msg);
+  void on_message(Proc* p, const nlohmann::json& msg, int fd);
+  void hand_off(const nlohmann::json& msg, int fd);
   void check_generation(Generation& g);
   void generation_ready(Generation& g);
   void generation_failed(Generation& g, const std::string& why);
@@ -80,7 +87,11 @@ class Master : public cli::MasterBackend {
   void do_reload();
   void finish_reload(bool ok, const std::string& text);
   void finish_reload_on_stop();
+  void publish();
+  bool successor_serves() const;
   void soft_stop();
+  void begin_soft_stop();
+  void soft_stop_worker(Proc& p, uint64_t grace_ms, const char* mode);
   void hard_stop();
   void maybe_exit();
   void close_everything();
@@ -103,6 +114,15 @@ class Master : public cli::MasterBackend {
   uint64_t crashes_ = 0;    // current workers that died and were respawned
   bool last_reload_failed_ = false;
   bool stopping_ = false;
+  bool handover_ = false;   // SIGUSR1 from HAProxy: serving until the successor serves
+  bool handed_over_ = false;  // this stop came from HAProxy's program reload
+  size_t handoff_rr_ = 0;     // round robin over the workers taking connections
+  // Engine-ids of the HAProxy processes served so far (oldest first), for a hand-over.
+  static constexpr size_t kMaxEngines = 4096;
+  std::unordered_set<std::string> known_engines_;
+  std::deque<std::string> engine_order_;
+  uint64_t stop_requested_ms_ = 0;
+  uint64_t handover_deadline_ms_ = 0;
   bool started_ = false;    // the first generation became ready
   int exit_status_ = 0;
 

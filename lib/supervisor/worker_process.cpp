@@ -7,6 +7,7 @@
 #include <csignal>
 #include <ctime>
 #include <memory>
+#include <unordered_set>
 
 #include "cli/worker_cli.h"
 #include "config/config.h"
@@ -29,7 +30,8 @@ class WorkerProcess {
     master_pid_ = ::getppid();
     if (master_pid_ == 1) return 1;  // the master died before we got here
     ch_ = Channel::open(
-        loop_, fd, [this](const nlohmann::json& m) { on_message(m); }, [this] { master_gone(); });
+        loop_, fd, [this](const nlohmann::json& m, int sock) { on_message(m, sock); },
+        [this] { master_gone(); });
     if (!ch_) return 1;
     const int sigs[5] = {SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP};
     for (int i = 0; i < 5; ++i) {
@@ -44,10 +46,26 @@ class WorkerProcess {
   }
 
  private:
-  void on_message(const nlohmann::json& m) {
+  void on_message(const nlohmann::json& m, int sock) {
     const std::string type = m.value("type", "");
+    if (type == "adopt") {
+      adopt(m, sock);
+      return;
+    }
+    if (sock >= 0) ::close(sock);
     if (type == "init" && !worker_) {
       init(m);
+    } else if (type == "hand-over" && worker_) {
+      std::unordered_set<std::string> engines;
+      for (const auto& e : m.value("engines", nlohmann::json::array()))
+        if (e.is_string()) engines.insert(e.get<std::string>());
+      worker_->hand_over(engines);
+    } else if (type == "soft-stop") {
+      const std::string mode = m.value("mode", "disconnect");
+      stop(true, m.value("grace_ms", cfg_.grace_ms),
+           mode == "handoff" ? runtime::DrainMode::kHandOff
+           : mode == "wait"  ? runtime::DrainMode::kWait
+                             : runtime::DrainMode::kDisconnect);
     } else if (type == "cli" && cli_) {
       const std::string out = cli_->execute(cli::split_commands(m.value("line", ""))[0]);
       ch_->send({{"type", "cli"}, {"id", m.value("id", uint64_t{0})}, {"output", out}});
@@ -71,6 +89,21 @@ class WorkerProcess {
       id.version = SPOAD_VERSION;
       id.start_time_s = static_cast<uint64_t>(std::time(nullptr));
       worker_->start({listen_fd});
+      for (const auto& s : worker_->servers()) {
+        const std::string name = s->config().name;
+        s->set_engine_callback([this](const std::string& id) {
+          if (ch_) ch_->send({{"type", "engine"}, {"id", id}});
+        });
+        s->set_hand_off([this, name](const nlohmann::json& state, uv_stream_t* handle,
+                                     std::function<void(bool)> done) {
+          if (!ch_) {
+            done(false);
+            return;
+          }
+          ch_->send_handle({{"type", "handoff"}, {"agent", name}, {"state", state}}, handle,
+                           std::move(done));
+        });
+      }
       cli_ = std::make_unique<cli::WorkerCli>(*worker_, id);
       ch_->send({{"type", "ready"}, {"pid", id.pid}, {"version", id.version}});
     } catch (const std::exception& e) {
@@ -104,14 +137,27 @@ class WorkerProcess {
   }
 
   // Soft (finish in flight, bounded by the grace period) or hard stop, then leave the loop.
-  void stop(bool soft) {
+  void stop(bool soft) { stop(soft, cfg_.grace_ms, runtime::DrainMode::kDisconnect); }
+  void stop(bool soft, uint64_t grace_ms, runtime::DrainMode mode) {
     if (!worker_) {
       close_all();
       return;
     }
     auto done = [this] { close_all(); };
-    if (soft) worker_->soft_stop(cfg_.grace_ms, done);
+    if (soft) worker_->soft_stop(grace_ms, done, mode);
     else worker_->hard_stop(done);
+  }
+
+  // A connection from a worker of the previous generation, at a safe point.
+  void adopt(const nlohmann::json& m, int sock) {
+    if (sock < 0) return;
+    if (worker_)
+      for (const auto& s : worker_->servers())
+        if (s->config().name == m.value("agent", "")) {
+          s->adopt(sock, m.value("state", nlohmann::json::object()));
+          return;
+        }
+    ::close(sock);
   }
 
   void close_all() {

@@ -22,11 +22,20 @@ SPOA_BENCH = os.environ.get("SPOA_BENCH", os.path.join(SOURCE_ROOT, "build", "cm
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
 
+_given_ports = set()
+
+
 def free_port():
-    """A TCP port nobody listens on right now (IPv4 loopback)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port nobody listens on right now (IPv4 loopback), never the same twice in a
+    process: the kernel may hand out a just-released port again, and two listeners with
+    SO_REUSEPORT (HAProxy and spoad both set it) would then silently share it."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given_ports:
+            _given_ports.add(port)
+            return port
 
 
 def wait_for(pred, timeout=10.0, interval=0.05):

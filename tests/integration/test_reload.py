@@ -1,0 +1,299 @@
+"""Configuration reloads of the supervisor: CLI `reload`, SIGUSR2, SIGHUP.
+
+- under HAProxy 2.6 traffic (config/ files unchanged), 20 reloads alternating CLI and SIGUSR2:
+  no failed request, no X-SPOE-Error, every old worker gone after the grace period;
+- a broken file: `Success=0`, `--`, the file:line:key error; the old workers keep serving;
+  `[failed: N]` in show proc; once fixed, `Success=1` and the new configuration applies;
+- old workers: listed under `# old workers` (reachable with @!PID) while they finish the
+  NOTIFYs in flight, then AGENT-DISCONNECT 0 and exit;
+- `reload` closes the CLI connection (what follows is ignored); a changed listen address is
+  bound by the new generation; SIGHUP reloads too.
+"""
+import os
+import signal
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness  # noqa: E402
+import spop  # noqa: E402
+import supervisor as sv  # noqa: E402
+
+
+class Base(unittest.TestCase):
+    name = "reload"
+
+    def setUp(self):
+        self.env = harness.Env(self.name)
+        self.tracker = sv.Tracker()
+        self.addCleanup(self.tracker.cleanup)
+        self.addCleanup(self.env.stop)
+        self.sock = self.env.path("master.sock")
+
+    def logs(self):
+        return sv.tail_logs(self.env)
+
+    def wait_generation(self, reloads, previous, n, timeout=20):
+        """Waits for show proc to report `reloads` successful reloads and `n` live current
+        workers none of which is in `previous`; returns the ShowProc."""
+        def ok():
+            sp = sv.try_show_proc(self.sock)
+            if sp is None:
+                return None
+            self.tracker.add_proc(sp)
+            if sp.master.reloads != reloads or len(sp.workers) != n:
+                return None
+            if sp.pids() & previous or not all(harness.pid_alive(p) for p in sp.pids()):
+                return None
+            return sp
+        return harness.wait_for(ok, timeout=timeout, interval=0.05)
+
+
+class ReloadUnderLoad(Base):
+    """Acceptance 4: HAProxy 2.6 -> spoad ip-checker (2 workers), config/ files unchanged."""
+    name = "reload-load"
+
+    def test_20_reloads_under_http_load(self):
+        fe, agent = harness.free_port(), harness.free_port()
+        v = {"SPOAD_IPREP_ADDR": "127.0.0.1:%d" % agent, "SPOAD_CLI_SOCKET": self.sock,
+             "HAPROXY_BIND": "127.0.0.1:%d" % fe, "HAPROXY_STATS_SOCKET": self.env.path("h.sock"),
+             "SPOE_DIR": harness.CONFIG_DIR}
+        spoad = self.env.spoad(os.path.join(harness.CONFIG_DIR, "spoad.yaml"), env=v)
+        sp = sv.wait_pool(self.sock, 2, proc=spoad)
+        self.tracker.add_proc(sp)
+        self.assertIsNotNone(sp, self.logs())
+        self.env.haproxy(os.path.join(harness.CONFIG_DIR, "haproxy.cfg"), env=v)
+        self.assertTrue(harness.wait_for(lambda: harness.port_open(fe)), self.logs())
+        self.assertTrue(sv.wait_http_ok(fe), self.logs())
+
+        load = sv.HttpLoad(fe).start()
+        old = set()
+        reloads_at = []
+        try:
+            for i in range(1, 21):
+                prev = sp.pids()
+                reloads_at.append("%.3f %s" % (time.time(), "cli" if i % 2 else "SIGUSR2"))
+                if i % 2:
+                    out = sv.cli(self.sock, "reload", timeout=30)
+                    self.assertEqual(out.split("\n")[0], "Success=1", (i, out, self.logs()))
+                    # The answer comes once the new generation is ready.
+                    sp = sv.show_proc(self.sock)
+                    self.tracker.add_proc(sp)
+                    self.assertEqual(sp.master.reloads, i, (i, sp.text))
+                    self.assertFalse(sp.pids() & prev, (i, "old workers still current", sp.text))
+                else:
+                    spoad.send_signal(signal.SIGUSR2)
+                    sp = self.wait_generation(i, prev, 2)
+                    self.assertIsNotNone(sp, (i, "SIGUSR2 reload not done", self.logs()))
+                self.assertEqual(len(sp.workers), 2, sp.text)
+                self.assertEqual({r.type for r in sp.workers}, {"iprep"}, sp.text)
+                self.assertTrue(all(r.reloads == 0 for r in sp.workers), sp.text)
+                old |= prev
+                # Let some traffic reach the new generation before the next reload.
+                n = load.ok
+                self.assertTrue(harness.wait_for(lambda: load.ok >= n + 8, timeout=10),
+                                (i, load.summary(), self.logs()))
+        finally:
+            load.stop()
+        failed = ("failed requests", load.summary(), "reloads at %s" % reloads_at, self.logs())
+        self.assertTrue(spoad.alive(), self.logs())
+
+        # After the grace period (10 s in config/spoad.yaml), every old worker has exited.
+        def gone():
+            s = sv.try_show_proc(self.sock)
+            return s is not None and not s.has_old_section and sv.all_dead(old)
+        self.assertTrue(harness.wait_for(gone, timeout=10 + 5, interval=0.2),
+                        ("old workers left: %s" % [p for p in old if harness.pid_alive(p)],
+                         sv.try_cli(self.sock, "show proc"), self.logs()))
+        sp = sv.show_proc(self.sock)
+        self.assertEqual(sp.master.reloads_field, "20 [failed: 0]", sp.text)
+        self.assertEqual(sp.master.pid, spoad.pid)
+        # Last, the traffic during the reloads (checked after the rest, which is deterministic).
+        self.assertEqual(len(load.failures), 0, failed)
+        self.assertTrue(all(v >= 20 for v in load.per_source.values()), load.summary())
+
+
+BROKEN_CFG_AGENT_EXTRA = """    colour: red
+"""
+
+NEW_LIST = """      - name: inline-new
+        score: 100
+        entries: [198.18.0.99]
+"""
+
+
+class BrokenConfig(Base):
+    """Acceptance 5: an invalid file changes nothing; fixed, it applies."""
+    name = "reload-broken"
+
+    def test_broken_then_fixed(self):
+        port = harness.free_port()
+        path = self.env.path("spoad.yaml")
+        good = sv.config([sv.iprep_agent(port, 2)], socket_path=self.sock, grace="2s")
+        self.env.write("spoad.yaml", good)
+        spoad = self.env.spoad(path)
+        sp0 = sv.wait_pool(self.sock, 2, proc=spoad)
+        self.tracker.add_proc(sp0)
+        self.assertIsNotNone(sp0, self.logs())
+        self.assertTrue(harness.wait_for(lambda: harness.port_open(port)), self.logs())
+
+        broken = good + BROKEN_CFG_AGENT_EXTRA
+        line = broken.split("\n").index("    colour: red") + 1
+        self.env.write("spoad.yaml", broken)
+        out = sv.socat_cmd(self.sock, "reload")
+        lines = out.split("\n")
+        ctx = (out, self.logs())
+        self.assertEqual(lines[0], "Success=0", ctx)
+        self.assertEqual(lines[1], "--", ctx)
+        expected = "%s:%d: agents[0].colour: unknown key" % (path, line)
+        self.assertTrue(any(expected in x for x in lines[2:]), ("no %r" % expected, ctx))
+
+        # Nothing changed: same workers, still serving.
+        for _ in range(10):
+            acts = sv.check_ip(port, "127.0.0.66")
+            self.assertEqual((acts.get("txn.blocked"), acts.get("txn.list")), (True, "demo-drop"))
+        sp = sv.show_proc(self.sock)
+        self.assertEqual(sp.pids(), sp0.pids(), sp.text)
+        self.assertEqual(sp.master.reloads_field, "0 [failed: 1]", sp.text)
+        self.assertFalse(sp.has_old_section, sp.text)
+        self.assertTrue(all(harness.pid_alive(p) for p in sp0.pids()))
+
+        # SIGUSR2 with the same broken file: one more failure, nothing else.
+        spoad.send_signal(signal.SIGUSR2)
+        self.assertTrue(harness.wait_for(
+            lambda: (sv.try_show_proc(self.sock) or sp).master.failed == 2, timeout=10),
+            self.logs())
+        sp = sv.show_proc(self.sock)
+        self.assertEqual(sp.pids(), sp0.pids(), sp.text)
+        self.assertEqual(sp.master.reloads_field, "0 [failed: 2]", sp.text)
+        self.assertIn(expected, spoad.output(), "the failed reload is not logged")
+
+        # Fixed (and changed: a new deny list): the reload succeeds and the file applies.
+        acts = sv.check_ip(port, "198.18.0.99")
+        self.assertEqual((acts.get("txn.blocked"), acts.get("txn.list")), (False, None), acts)
+        fixed = good.replace("    deny:\n", "    deny:\n" + NEW_LIST)
+        self.assertNotEqual(fixed, good)
+        self.env.write("spoad.yaml", fixed)
+        out = sv.socat_cmd(self.sock, "reload")
+        self.assertEqual(out.split("\n")[0], "Success=1", (out, self.logs()))
+        sp = sv.show_proc(self.sock)
+        self.tracker.add_proc(sp)
+        self.assertEqual(sp.master.reloads_field, "1 [failed: 2]", sp.text)
+        self.assertEqual(len(sp.workers), 2, sp.text)
+        self.assertFalse(sp.pids() & sp0.pids(), sp.text)
+        for _ in range(10):
+            acts = sv.check_ip(port, "198.18.0.99")
+            self.assertEqual((acts.get("txn.blocked"), acts.get("txn.list")), (True, "inline-new"),
+                             self.logs())
+        self.assertTrue(harness.wait_for(lambda: sv.all_dead(sp0.pids()), timeout=5),
+                        self.logs())
+
+
+class OldWorkers(Base):
+    """The old generation finishes its work, is visible meanwhile, then exits."""
+    name = "reload-old"
+
+    def test_old_worker_finishes_notify_in_flight(self):
+        port = harness.free_port()
+        self.env.write("spoad.yaml", sv.config([sv.echo_agent(port, 1)], socket_path=self.sock,
+                                               grace="10s"))
+        spoad = self.env.spoad(self.env.path("spoad.yaml"))
+        sp0 = sv.wait_pool(self.sock, 1, proc=spoad)
+        self.tracker.add_proc(sp0)
+        self.assertIsNotNone(sp0, self.logs())
+        old = sp0.worker(1).pid
+        c = spop.Client(("127.0.0.1", port), timeout=10)
+        try:
+            c.handshake()
+            c.send(spop.notify(5, 9, [("m", [("delay_ms", 2500)])]))
+            self.assertTrue(harness.wait_for(
+                lambda: int(sv.worker_info(self.sock, 1)["CumNotify"]) >= 1, timeout=5))
+            out = sv.cli(self.sock, "reload", timeout=30)
+            self.assertEqual(out.split("\n")[0], "Success=1", (out, self.logs()))
+
+            out = sv.socat_cmd(self.sock, "show proc")
+            sp = sv.ShowProc(out)
+            self.tracker.add_proc(sp)
+            self.assertIn("\n# old workers\n", out)
+            self.assertEqual([r.pid for r in sp.old_workers], [old], out)
+            self.assertEqual(sp.old_workers[0].type, "echo", out)
+            self.assertEqual(sp.old_workers[0].reloads, 1, out)
+            self.assertEqual(sp.old_workers[0].line, sp.old_workers[0].expected_line(), out)
+            self.assertEqual(len(sp.workers), 1, out)
+            self.assertNotEqual(sp.worker(1).pid, old, out)
+            self.assertEqual(sp.worker(1).reloads, 0, out)
+            self.assertEqual(sp.master.reloads_field, "1 [failed: 0]", out)
+            self.assertEqual(sp.master.pid, spoad.pid)
+            info = sv.parse_info(sv.cli(self.sock, "@!%d show info" % old))
+            self.assertEqual(info.get("Pid"), str(old))
+            self.assertEqual(info.get("CurrConns"), "1")
+            # The new worker serves meanwhile.
+            self.assertEqual(sv.echo_once(port)["txn.x"], "hello")
+
+            f = c.recv_frame()
+            self.assertIsNotNone(f, "closed before the ACK")
+            self.assertEqual((f.type, f.sid, f.fid), (spop.ACK, 5, 9))
+            # Then the old worker hands the connection to the new generation instead of
+            # closing it: no DISCONNECT, and the next NOTIFY is answered by the new worker.
+            self.assertTrue(harness.wait_for(lambda: not harness.pid_alive(old), timeout=5),
+                            self.logs())
+            c.send(spop.notify(7, 1, [("m", [("x", "after")])]))
+            f = c.recv_frame()
+            self.assertIsNotNone(f, "the handed-off connection was closed")
+            self.assertEqual((f.type, f.sid, f.fid), (spop.ACK, 7, 1), f)
+            self.assertEqual(f.actions()["txn.x"], "after")
+            stat = sv.cli(self.sock, "@1 show stat json")
+            self.assertIn('"adopted": 1', stat, stat)
+        finally:
+            c.close()
+
+        def gone():
+            s = sv.try_show_proc(self.sock)
+            return s is not None and not s.has_old_section and not harness.pid_alive(old)
+        self.assertTrue(harness.wait_for(gone, timeout=5), (sv.try_cli(self.sock, "show proc"),
+                                                            self.logs()))
+
+
+class ReloadDetails(Base):
+    name = "reload-details"
+
+    def test_reload_closes_the_connection_and_a_new_address_is_bound(self):
+        port_a, port_b = harness.free_port(), harness.free_port()
+        cfg = self.env.write("spoad.yaml", sv.config([sv.echo_agent(port_a, 2)],
+                                                     socket_path=self.sock, grace="2s"))
+        spoad = self.env.spoad(cfg)
+        sp0 = sv.wait_pool(self.sock, 2, proc=spoad)
+        self.tracker.add_proc(sp0)
+        self.assertIsNotNone(sp0, self.logs())
+        self.assertTrue(harness.wait_for(lambda: harness.port_open(port_a)), self.logs())
+
+        self.env.write("spoad.yaml", sv.config([sv.echo_agent(port_b, 2)], socket_path=self.sock,
+                                               grace="2s"))
+        s = sv.Session(self.sock, timeout=30)
+        try:
+            s.send("reload; show version")  # no EOF from us: the master closes
+            self.assertTrue(s.closed_by_peer(30), ("reload left the connection open", s.buf))
+            out = s.buf.decode()
+        finally:
+            s.close()
+        self.assertEqual(out.split("\n")[0], "Success=1", (out, self.logs()))
+        self.assertNotIn(sv.spoad_version(), out.split("\n"), "a command after reload ran")
+
+        self.assertEqual(sv.echo_once(port_b)["txn.x"], "hello", self.logs())
+        self.assertTrue(harness.wait_for(lambda: not harness.port_open(port_a), timeout=5),
+                        ("the old address is still served", self.logs()))
+        sp = sv.show_proc(self.sock)
+        self.tracker.add_proc(sp)
+        self.assertFalse(sp.pids() & sp0.pids(), sp.text)
+        self.assertTrue(harness.wait_for(lambda: sv.all_dead(sp0.pids()), timeout=5))
+
+        # SIGHUP reloads as well.
+        spoad.send_signal(signal.SIGHUP)
+        sp2 = self.wait_generation(2, sp.pids(), 2)
+        self.assertIsNotNone(sp2, self.logs())
+        self.assertEqual(sv.echo_once(port_b)["txn.x"], "hello")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
