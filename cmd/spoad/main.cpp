@@ -53,9 +53,9 @@ int main(int argc, char** argv) {
   bool worker = false;
   app.add_option("-f,--config", mo.config_path, "configuration file (YAML)");
   app.add_flag("-c,--check", check, "check the configuration and exit 0 (valid) or 1");
-  app.add_option("-S,--cli-socket", mo.cli_socket,
-                 "master CLI socket path (overrides cli.socket)");
-  app.add_option("-p,--pidfile", mo.pidfile, "write the master pid there (overrides global.pidfile)");
+  app.add_option("-S,--cli-socket", mo.cli_socket, "master CLI socket path (overrides cli.socket)");
+  app.add_option("-p,--pidfile", mo.pidfile,
+                 "write the master pid there (overrides global.pidfile)");
   app.add_option("-l,--log-level", mo.log_level,
                  "trace, debug, info, warn, error, critical or off (overrides global.log-level)");
   app.add_flag("-v,--version", version, "print the version and exit");

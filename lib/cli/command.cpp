@@ -41,7 +41,8 @@ void add_word(Fingerprint& fp, std::string_view w) {
 
 int distance(const Fingerprint& a, const Fingerprint& b) {
   int d = 0;
-  for (size_t i = 0; i < a.size(); ++i) d += std::abs(int{a[i]} - int{b[i]});
+  for (size_t i = 0; i < a.size(); ++i)
+    d += std::abs(int{a[i]} - int{b[i]});
   return d;
 }
 
@@ -49,7 +50,8 @@ std::string listing(std::vector<const CommandInfo*> entries) {
   std::sort(entries.begin(), entries.end(),
             [](const CommandInfo* a, const CommandInfo* b) { return a->usage < b->usage; });
   std::string out;
-  for (const CommandInfo* c : entries) out += "  " + c->usage + "\n";
+  for (const CommandInfo* c : entries)
+    out += "  " + c->usage + "\n";
   return out + kTrailer;
 }
 
@@ -110,7 +112,8 @@ std::string usage_line(std::string_view name, std::string_view description) {
 
 std::string help_message(const std::vector<CommandInfo>& commands) {
   std::vector<const CommandInfo*> all;
-  for (const CommandInfo& c : commands) all.push_back(&c);
+  for (const CommandInfo& c : commands)
+    all.push_back(&c);
   return "The following commands are valid at this level:\n" + listing(all);
 }
 
@@ -123,7 +126,8 @@ bool matches(const CommandInfo& c, const Words& typed) {
 
 std::string unknown_command_message(const std::vector<CommandInfo>& commands, const Words& typed) {
   std::vector<const CommandInfo*> all;
-  for (const CommandInfo& c : commands) all.push_back(&c);
+  for (const CommandInfo& c : commands)
+    all.push_back(&c);
   if (typed.empty())
     return "Unknown command. Please enter one of the following commands only:\n" + listing(all);
 
@@ -131,7 +135,8 @@ std::string unknown_command_message(const std::vector<CommandInfo>& commands, co
   size_t exact = 0;
   for (const CommandInfo& c : commands) {
     size_t n = 0;
-    while (n < c.words.size() && n < typed.size() && c.words[n] == typed[n]) ++n;
+    while (n < c.words.size() && n < typed.size() && c.words[n] == typed[n])
+      ++n;
     exact = std::max(exact, n);
   }
   // Among the commands that share those words, the closest by fingerprint of the rest.
@@ -144,7 +149,8 @@ std::string unknown_command_message(const std::vector<CommandInfo>& commands, co
   if (exact < typed.size()) {
     for (const CommandInfo& c : commands) {
       size_t n = 0;
-      while (n < exact && n < c.words.size() && c.words[n] == typed[n]) ++n;
+      while (n < exact && n < c.words.size() && c.words[n] == typed[n])
+        ++n;
       if (n != exact) continue;
       Fingerprint a{}, b{};
       size_t total = 0;
@@ -164,15 +170,18 @@ std::string unknown_command_message(const std::vector<CommandInfo>& commands, co
                      [](const Match& x, const Match& y) { return x.dist < y.dist; });
     if (best.size() > kMaxMatches) best.resize(kMaxMatches);
     // Drop the candidates much further than the best one.
-    while (!best.empty() && best.back().dist > 5 * best.front().dist / 2) best.pop_back();
+    while (!best.empty() && best.back().dist > 5 * best.front().dist / 2)
+      best.pop_back();
   }
   std::vector<const CommandInfo*> shown;
   if (!best.empty()) {
-    for (const Match& m : best) shown.push_back(m.c);
+    for (const Match& m : best)
+      shown.push_back(m.c);
   } else {
     for (const CommandInfo& c : commands) {
       size_t n = 0;
-      while (n < exact && n < c.words.size() && c.words[n] == typed[n]) ++n;
+      while (n < exact && n < c.words.size() && c.words[n] == typed[n])
+        ++n;
       if (n == exact) shown.push_back(&c);
     }
   }

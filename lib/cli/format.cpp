@@ -40,9 +40,9 @@ std::string proc_uptime(uint64_t s) {
 
 std::string info_uptime(uint64_t s) {
   char buf[64];
-  std::snprintf(buf, sizeof(buf), "%llud %uh%02um%02us",
-                static_cast<unsigned long long>(s / 86400), static_cast<unsigned>(s / 3600 % 24),
-                static_cast<unsigned>(s / 60 % 60), static_cast<unsigned>(s % 60));
+  std::snprintf(buf, sizeof(buf), "%llud %uh%02um%02us", static_cast<unsigned long long>(s / 86400),
+                static_cast<unsigned>(s / 3600 % 24), static_cast<unsigned>(s / 60 % 60),
+                static_cast<unsigned>(s % 60));
   return buf;
 }
 
@@ -70,7 +70,8 @@ std::string show_proc(const ProcRow& master, int failed_reloads,
 
 std::string info_text(const Fields& fields) {
   std::string out;
-  for (const auto& [name, value] : fields) out += name + ": " + scalar(value) + "\n";
+  for (const auto& [name, value] : fields)
+    out += name + ": " + scalar(value) + "\n";
   return out;
 }
 
@@ -79,13 +80,16 @@ std::string info_json(const Fields& fields, int process_num) {
   int pos = 0;
   for (const auto& [name, value] : fields) {
     nlohmann::json v;
-    if (value.is_number_unsigned()) v = {{"type", "u64"}, {"value", value}};
-    else if (value.is_number_integer()) v = {{"type", "s64"}, {"value", value}};
-    else if (value.is_boolean()) v = {{"type", "u32"}, {"value", value.get<bool>() ? 1 : 0}};
-    else v = {{"type", "str"}, {"value", scalar(value)}};
-    arr.push_back({{"field", {{"pos", pos++}, {"name", name}}},
-                   {"processNum", process_num},
-                   {"value", v}});
+    if (value.is_number_unsigned())
+      v = {{"type", "u64"}, {"value", value}};
+    else if (value.is_number_integer())
+      v = {{"type", "s64"}, {"value", value}};
+    else if (value.is_boolean())
+      v = {{"type", "u32"}, {"value", value.get<bool>() ? 1 : 0}};
+    else
+      v = {{"type", "str"}, {"value", scalar(value)}};
+    arr.push_back(
+        {{"field", {{"pos", pos++}, {"name", name}}}, {"processNum", process_num}, {"value", v}});
   }
   return arr.dump(2) + "\n";
 }
@@ -93,7 +97,8 @@ std::string info_json(const Fields& fields, int process_num) {
 std::string stat_csv(const std::vector<Fields>& rows) {
   if (rows.empty()) return "";
   std::string out = "# ";
-  for (size_t i = 0; i < rows[0].size(); ++i) out += (i ? "," : "") + rows[0][i].first;
+  for (size_t i = 0; i < rows[0].size(); ++i)
+    out += (i ? "," : "") + rows[0][i].first;
   out += "\n";
   for (const Fields& r : rows) {
     for (size_t i = 0; i < r.size(); ++i) {

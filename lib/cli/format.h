@@ -18,10 +18,10 @@ std::string info_uptime(uint64_t seconds);
 // One process row of `show proc`.
 struct ProcRow {
   int pid = 0;
-  std::string type;        // "master" or the worker's agent name
-  int relative_pid = 0;    // 0 for the master
-  int reloads = 0;         // reloads this process has seen
-  uint64_t uptime_s = 0;   // seconds
+  std::string type;       // "master" or the worker's agent name
+  int relative_pid = 0;   // 0 for the master
+  int reloads = 0;        // reloads this process has seen
+  uint64_t uptime_s = 0;  // seconds
   std::string version;
 };
 

@@ -94,7 +94,8 @@ class MasterCli::Session {
   }
 
   void take_line(const std::string& line) {
-    for (Words& w : split_commands(line)) queue_.push_back({std::move(w)});
+    for (Words& w : split_commands(line))
+      queue_.push_back({std::move(w)});
     // Like HAProxy, an empty line still gets an answer in prompt mode (the prompt).
     if (line.find_first_not_of(" \t\r") == std::string::npos && prompt_) queue_.push_back({});
   }
@@ -131,8 +132,7 @@ class MasterCli::Session {
         if (r.kind == Route::Kind::kRelative) pid = cli_.backend_.worker_by_relative_pid(r.number);
         if (r.kind == Route::Kind::kPid && cli_.backend_.is_worker(r.number))
           pid = static_cast<int>(r.number);
-        if (r.kind == Route::Kind::kInvalid ||
-            (r.kind != Route::Kind::kMaster && pid == 0)) {
+        if (r.kind == Route::Kind::kInvalid || (r.kind != Route::Kind::kMaster && pid == 0)) {
           write("Can't find the target PID matching the prefix '" + w[0] + "'\n");
           finish();
           return;
@@ -279,7 +279,8 @@ class MasterCli::Session {
 
 const std::vector<CommandInfo>& MasterCli::commands() {
   static const std::vector<CommandInfo> c = {
-      {{"@<relative pid>"}, usage_line("@<relative pid>", "send a command to the <relative pid> process")},
+      {{"@<relative pid>"},
+       usage_line("@<relative pid>", "send a command to the <relative pid> process")},
       {{"@!<pid>"}, usage_line("@!<pid>", "send a command to the <pid> process")},
       {{"@master"}, usage_line("@master", "send a command to the master process")},
       {{"reload"}, usage_line("reload", "reload spoad: new workers, then soft-stop the old ones")},
@@ -339,7 +340,8 @@ void MasterCli::close(std::function<void()> done) {
     });
   }
   std::vector<Session*> all(sessions_.begin(), sessions_.end());
-  for (Session* s : all) s->close();
+  for (Session* s : all)
+    s->close();
   maybe_closed();
 }
 

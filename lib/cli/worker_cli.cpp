@@ -8,12 +8,25 @@ namespace spoad::cli {
 
 namespace {
 
-uint64_t now_s() { return static_cast<uint64_t>(std::time(nullptr)); }
+uint64_t now_s() {
+  return static_cast<uint64_t>(std::time(nullptr));
+}
 
-const char* const kDisconnectNames[15] = {
-    "normal",        "io",         "timeout",    "too_big",         "invalid",
-    "no_version",    "no_frame_size", "no_capabilities", "bad_version", "bad_frame_size",
-    "frag_not_supported", "interlaced", "frame_id_not_found", "resource", "other"};
+const char* const kDisconnectNames[15] = {"normal",
+                                          "io",
+                                          "timeout",
+                                          "too_big",
+                                          "invalid",
+                                          "no_version",
+                                          "no_frame_size",
+                                          "no_capabilities",
+                                          "bad_version",
+                                          "bad_frame_size",
+                                          "frag_not_supported",
+                                          "interlaced",
+                                          "frame_id_not_found",
+                                          "resource",
+                                          "other"};
 
 }  // namespace
 
@@ -22,7 +35,8 @@ WorkerCli::WorkerCli(runtime::Worker& worker, WorkerIdentity id)
 
 std::vector<CommandInfo> WorkerCli::commands() const {
   std::vector<CommandInfo> c = {
-      {{"show", "info"}, usage_line("show info [json]", "report information about the running process")},
+      {{"show", "info"},
+       usage_line("show info [json]", "report information about the running process")},
       {{"show", "stat"}, usage_line("show stat [json]", "report counters for each agent")},
       {{"show", "version"}, usage_line("show version", "show version of the current process")},
   };
@@ -36,7 +50,7 @@ std::vector<CommandInfo> WorkerCli::commands() const {
 Fields WorkerCli::info() const {
   const uint64_t up = now_s() - id_.start_time_s;
   uint64_t cur = 0, idle = 0, cum = 0, notify = 0, ack = 0, msgs = 0, errors = 0, inflight = 0,
-           health = 0;
+           health = 0, adopted = 0;
   std::string agents, types, listeners;
   for (const auto& s : worker_.servers()) {
     const runtime::Stats& st = s->stats();
@@ -49,6 +63,7 @@ Fields WorkerCli::info() const {
     errors += st.errors_total;
     inflight += st.inflight;
     health += st.healthchecks;
+    adopted += st.adopted;
     auto add = [](std::string& to, const std::string& v) { to += (to.empty() ? "" : ",") + v; };
     add(agents, s->config().name);
     add(types, s->config().type);
@@ -70,6 +85,7 @@ Fields WorkerCli::info() const {
       {"CurrConns", cur},
       {"IdleConns", idle},
       {"CumConns", cum},
+      {"CumAdopted", adopted},
       {"CumHealthChecks", health},
       {"CumNotify", notify},
       {"CumMessages", msgs},
@@ -121,7 +137,8 @@ nlohmann::json WorkerCli::stat_json() const {
   const std::vector<Fields> rows = stat();
   for (size_t i = 0; i < rows.size(); ++i) {
     nlohmann::json a = nlohmann::json::object();
-    for (const auto& [k, v] : rows[i]) a[k] = v;
+    for (const auto& [k, v] : rows[i])
+      a[k] = v;
     nlohmann::json extra = nlohmann::json::object();
     worker_.servers()[i]->agent().stats(extra);
     a["agent_stats"] = extra;

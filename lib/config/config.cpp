@@ -199,6 +199,8 @@ std::string read_text(const std::string& path) {
   return ss.str();
 }
 
-Config load_config(const std::string& path) { return parse_config(read_text(path), path); }
+Config load_config(const std::string& path) {
+  return parse_config(read_text(path), path);
+}
 
 }  // namespace spoad::config

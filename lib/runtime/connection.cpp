@@ -409,8 +409,8 @@ void Connection::on_reply_complete(agent::Reply& reply) {
 void Connection::maybe_hand_off() {
   // The safe point: nothing in flight, nothing half reassembled, every ACK written. Whatever
   // HAProxy sends from now on waits in the socket for the new owner.
-  if (drain_mode_ != DrainMode::kHandOff || state_ != State::kReady || !idle() ||
-      write_pending_ || !out_.empty() || handing_off_)
+  if (drain_mode_ != DrainMode::kHandOff || state_ != State::kReady || !idle() || write_pending_ ||
+      !out_.empty() || handing_off_)
     return;
   if (reading_) {
     uv_read_stop(stream());
@@ -568,8 +568,7 @@ void Connection::update_reading() {
   bool want = !(drain_mode_ == DrainMode::kHandOff && !reasm_.active());
   if (state_ == State::kReady) {
     const auto& rt = server_.config().runtime;
-    want = want && inflight_ < rt.max_inflight &&
-           out_.size() + writing_.size() < kMaxPendingOutput;
+    want = want && inflight_ < rt.max_inflight && out_.size() + writing_.size() < kMaxPendingOutput;
   }
   if (want && !reading_) {
     if (uv_read_start(stream(), on_alloc, on_read) == 0) reading_ = true;

@@ -114,6 +114,7 @@ void Server::adopt(int fd, const nlohmann::json& state) {
     return;
   }
   ++stats_.adopted;
+  ++stats_.conns_total;
 }
 
 void Server::hand_off(const nlohmann::json& state, uv_stream_t* handle,
@@ -176,7 +177,8 @@ void Server::soft_stop(std::function<void()> done, DrainMode mode) {
   drain_accept_queue();
   close_listener();
   std::vector<Connection*> conns(conns_.begin(), conns_.end());
-  for (Connection* c : conns) c->drain(mode);
+  for (Connection* c : conns)
+    c->drain(mode);
   agent_->stop([this] {
     agent_stopped_ = true;
     check_stopped();

@@ -22,8 +22,8 @@ struct Stats {
   uint64_t aborted_total = 0;         // fragmented NOTIFYs HAProxy aborted
   uint64_t ack_too_big = 0;           // replies that did not fit the frame size (sent empty)
   uint64_t disconnects_received = 0;  // HAPROXY-DISCONNECT frames
-  uint64_t handed_off = 0;  // connections given to the next generation at a reload
-  uint64_t adopted = 0;     // connections taken over from the previous generation
+  uint64_t handed_off = 0;            // connections given to the next generation at a reload
+  uint64_t adopted = 0;               // connections taken over from the previous generation
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
   uint64_t proc_time_total_us = 0;  // NOTIFY received -> ACK queued, summed

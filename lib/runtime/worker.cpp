@@ -56,7 +56,8 @@ void Worker::soft_stop(uint64_t grace_ms, std::function<void()> done, DrainMode 
   }
   grace_armed_ = true;
   uv_timer_start(&grace_timer_, on_grace, grace_ms, 0);
-  for (auto& s : servers_) s->soft_stop([this] { server_stopped(); }, mode);
+  for (auto& s : servers_)
+    s->soft_stop([this] { server_stopped(); }, mode);
 }
 
 void Worker::on_grace(uv_timer_t* t) {
@@ -87,7 +88,8 @@ void Worker::hard_stop(std::function<void()> done) {
 }
 
 void Worker::hand_over(const std::unordered_set<std::string>& old_engines) {
-  for (auto& s : servers_) s->hand_over(old_engines);
+  for (auto& s : servers_)
+    s->hand_over(old_engines);
 }
 
 void Worker::reload_agents() {

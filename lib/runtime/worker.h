@@ -6,9 +6,9 @@
 #include <uv.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <unordered_set>
-#include <memory>
 #include <vector>
 
 #include "config/config.h"

@@ -67,7 +67,8 @@ Channel* Channel::open(uv_loop_t* loop, int fd, MessageCb on_message, ClosedCb o
 }
 
 Channel::~Channel() {
-  for (int fd : fds_) ::close(fd);
+  for (int fd : fds_)
+    ::close(fd);
 }
 
 void Channel::send(const nlohmann::json& msg) {
@@ -157,16 +158,18 @@ void Channel::on_read(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   c->in_.append(c->rbuf_, static_cast<size_t>(n));
   size_t start = 0, nl;
   while (!c->closed_ && (nl = c->in_.find('\n', start)) != std::string::npos) {
-    nlohmann::json msg = nlohmann::json::parse(c->in_.begin() + start, c->in_.begin() + nl,
-                                               nullptr, /*allow_exceptions=*/false);
+    nlohmann::json msg = nlohmann::json::parse(c->in_.begin() + start, c->in_.begin() + nl, nullptr,
+                                               /*allow_exceptions=*/false);
     start = nl + 1;
     int fd = -1;
     if (msg.is_object() && msg.value("fd", false) && !c->fds_.empty()) {
       fd = c->fds_.front();
       c->fds_.pop_front();
     }
-    if (msg.is_object() && msg.contains("type")) c->on_message_(msg, fd);
-    else if (fd >= 0) ::close(fd);
+    if (msg.is_object() && msg.contains("type"))
+      c->on_message_(msg, fd);
+    else if (fd >= 0)
+      ::close(fd);
   }
   if (c->closed_) return;
   c->in_.erase(0, start);
@@ -200,6 +203,8 @@ void Channel::close() {
   }
 }
 
-void Channel::on_close(uv_handle_t* h) { delete static_cast<Channel*>(h->data); }
+void Channel::on_close(uv_handle_t* h) {
+  delete static_cast<Channel*>(h->data);
+}
 
 }  // namespace spoad::supervisor

@@ -25,9 +25,13 @@ constexpr uint64_t kTickMs = 25;
 constexpr uint64_t kCliTimeoutMs = 10'000;
 constexpr uint64_t kHardStopKillMs = 800;
 
-std::shared_ptr<spdlog::logger> mlog() { return util::make_logger("spoad"); }
+std::shared_ptr<spdlog::logger> mlog() {
+  return util::make_logger("spoad");
+}
 
-uint64_t wall_s() { return static_cast<uint64_t>(std::time(nullptr)); }
+uint64_t wall_s() {
+  return static_cast<uint64_t>(std::time(nullptr));
+}
 
 std::string exit_text(int64_t status, int signal) {
   if (signal) return "code " + std::to_string(128 + signal) + " (" + strsignal(signal) + ")";
@@ -58,7 +62,7 @@ struct Master::Proc {
   size_t agent = 0;
   int relative_pid = 0;
   int reloads = 0;
-  uint64_t start_ms = 0;      // loop time
+  uint64_t start_ms = 0;  // loop time
   uint64_t start_wall_s = 0;
   std::string version;
   Channel* ch = nullptr;
@@ -192,7 +196,8 @@ void Master::start_generation(Generation& g) {
       g.slots.push_back(std::move(s));
     }
   g.deadline_ms = uv_now(loop_) + kReadyTimeoutMs;
-  for (auto& s : g.slots) spawn(*s);
+  for (auto& s : g.slots)
+    spawn(*s);
 }
 
 Master::Proc* Master::spawn(Slot& s) {
@@ -269,8 +274,8 @@ Master::Proc* Master::spawn(Slot& s) {
   if (raw->ch) raw->ch->send(init);
   s.proc = raw;
   procs_.push_back(std::move(p));
-  mlog()->info("New worker ({}) of {} forked (relative pid {}, generation {})", raw->pid,
-               ac.name, s.relative_pid, g.id);
+  mlog()->info("New worker ({}) of {} forked (relative pid {}, generation {})", raw->pid, ac.name,
+               s.relative_pid, g.id);
   return raw;
 }
 
@@ -357,7 +362,8 @@ void Master::on_exit(Proc* p, int64_t status, int signal) {
   }
   auto calls = std::move(p->cli);
   p->cli.clear();
-  for (auto& [id, call] : calls) call.done(false, "");
+  for (auto& [id, call] : calls)
+    call.done(false, "");
   Generation& g = *p->gen;
   Slot* s = p->slot;
   if (s && s->proc == p) s->proc = nullptr;
@@ -379,8 +385,8 @@ void Master::on_exit(Proc* p, int64_t status, int signal) {
   }
   if (current_ && &g == current_.get()) {
     if (!g.ready) {
-      std::string why = g.errors.empty() ? "a worker exited with " + exit_text(status, signal)
-                                         : g.errors;
+      std::string why =
+          g.errors.empty() ? "a worker exited with " + exit_text(status, signal) : g.errors;
       generation_failed(g, why);
       return;
     }
@@ -462,7 +468,8 @@ void Master::generation_ready(Generation& g) {
     text += "[NOTICE]   " + tag + "New worker (" + std::to_string(s->proc->pid) + ") of " +
             cfg_.agents[s->agent].name + " ready\n";
   std::string olds;
-  for (int pid : old_pids) olds += (olds.empty() ? "" : " ") + std::to_string(pid);
+  for (int pid : old_pids)
+    olds += (olds.empty() ? "" : " ") + std::to_string(pid);
   if (!olds.empty()) text += "[NOTICE]   " + tag + "Soft-stopping old workers (" + olds + ")\n";
   text += "[NOTICE]   " + tag + "Loading success.\n";
   mlog()->info("reload {}: {} new worker(s) ready; soft-stopping {}", reloads_,
@@ -481,7 +488,8 @@ void Master::generation_failed(Generation& g, const std::string& why) {
     const std::string tag = "(" + std::to_string(getpid()) + ") : ";
     std::string text = "Success=0\n--\n";
     std::istringstream lines(why);
-    for (std::string l; std::getline(lines, l);) text += "[ALERT]    " + tag + l + "\n";
+    for (std::string l; std::getline(lines, l);)
+      text += "[ALERT]    " + tag + l + "\n";
     text += "[WARNING]  " + tag + "Loading failure!\n";
     mlog()->error("reload failed, the current workers keep serving: {}", why);
     finish_reload(false, text);
@@ -507,9 +515,8 @@ void Master::on_tick(uv_timer_t* t) {
   auto* m = static_cast<Master*>(t->data);
   const uint64_t now = uv_now(m->loop_);
   if (m->handover_ && (now >= m->handover_deadline_ms_ || m->successor_serves())) {
-    mlog()->info("soft-stop: {}", now >= m->handover_deadline_ms_
-                                      ? "no successor seen in time"
-                                      : "the new spoad serves");
+    mlog()->info("soft-stop: {}", now >= m->handover_deadline_ms_ ? "no successor seen in time"
+                                                                  : "the new spoad serves");
     m->begin_soft_stop();
   }
   if (m->stopping_) return;
@@ -520,9 +527,8 @@ void Master::on_tick(uv_timer_t* t) {
         m->spawn(*s);
       }
   if (m->current_ && !m->current_->ready && now >= m->current_->deadline_ms)
-    m->generation_failed(*m->current_, m->current_->errors.empty()
-                                           ? "workers not ready in time\n"
-                                           : m->current_->errors);
+    m->generation_failed(*m->current_, m->current_->errors.empty() ? "workers not ready in time\n"
+                                                                   : m->current_->errors);
   if (m->next_ && now >= m->next_->deadline_ms)
     m->generation_failed(*m->next_, m->next_->errors + "new workers not ready in time\n");
   for (auto& p : m->procs_) {
@@ -611,7 +617,9 @@ std::string Master::show_proc() {
   return cli::show_proc(m, failed_reloads_, current, old);
 }
 
-std::string Master::version() { return SPOAD_VERSION; }
+std::string Master::version() {
+  return SPOAD_VERSION;
+}
 
 int Master::worker_by_relative_pid(uint64_t n) {
   if (!current_) return 0;
@@ -627,7 +635,9 @@ Master::Proc* Master::find_pid(int pid) {
   return nullptr;
 }
 
-bool Master::is_worker(uint64_t pid) { return find_pid(static_cast<int>(pid)) != nullptr; }
+bool Master::is_worker(uint64_t pid) {
+  return find_pid(static_cast<int>(pid)) != nullptr;
+}
 
 void Master::worker_command(int pid, const std::string& line,
                             std::function<void(bool, std::string)> done) {
@@ -675,7 +685,8 @@ void Master::soft_stop() {
     handover_deadline_ms_ = stop_requested_ms_ + handover;
     mlog()->info("soft-stop: serving until the new spoad serves (at most {} ms)", handover);
     nlohmann::json engines = nlohmann::json::array();
-    for (const std::string& e : engine_order_) engines.push_back(e);
+    for (const std::string& e : engine_order_)
+      engines.push_back(e);
     for (auto& p : procs_)
       if (!p->exited && p->ch && p->ready)
         p->ch->send({{"type", "hand-over"}, {"engines", engines}});
@@ -730,7 +741,8 @@ void Master::hard_stop() {
 void Master::finish_reload_on_stop() {
   if (!reload_running_ && queued_reloads_.empty()) return;
   auto w = std::move(reload_waiters_);
-  for (auto& q : queued_reloads_) w.push_back(std::move(q));
+  for (auto& q : queued_reloads_)
+    w.push_back(std::move(q));
   reload_waiters_.clear();
   queued_reloads_.clear();
   reload_running_ = false;

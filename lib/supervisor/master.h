@@ -21,12 +21,12 @@
 
 #include <cstdint>
 #include <deque>
-#include <unordered_set>
 #include <functional>
 #include <list>
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "cli/master_cli.h"
@@ -107,14 +107,14 @@ class Master : public cli::MasterBackend {
   MasterOptions opts_;
   config::Config cfg_;  // the configuration the current generation runs
   std::string cfg_text_;
-  std::string exe_;     // the spoad binary, re-executed for each worker
+  std::string exe_;  // the spoad binary, re-executed for each worker
   uint64_t start_time_s_;
-  int reloads_ = 0;         // successful reloads
+  int reloads_ = 0;  // successful reloads
   int failed_reloads_ = 0;
-  uint64_t crashes_ = 0;    // current workers that died and were respawned
+  uint64_t crashes_ = 0;  // current workers that died and were respawned
   bool last_reload_failed_ = false;
   bool stopping_ = false;
-  bool handover_ = false;   // SIGUSR1 from HAProxy: serving until the successor serves
+  bool handover_ = false;     // SIGUSR1 from HAProxy: serving until the successor serves
   bool handed_over_ = false;  // this stop came from HAProxy's program reload
   size_t handoff_rr_ = 0;     // round robin over the workers taking connections
   // Engine-ids of the HAProxy processes served so far (oldest first), for a hand-over.
@@ -123,12 +123,12 @@ class Master : public cli::MasterBackend {
   std::deque<std::string> engine_order_;
   uint64_t stop_requested_ms_ = 0;
   uint64_t handover_deadline_ms_ = 0;
-  bool started_ = false;    // the first generation became ready
+  bool started_ = false;  // the first generation became ready
   int exit_status_ = 0;
 
   std::list<std::unique_ptr<Proc>> procs_;  // every worker process not yet reaped
   std::unique_ptr<Generation> current_;
-  std::unique_ptr<Generation> next_;        // being started by a reload
+  std::unique_ptr<Generation> next_;  // being started by a reload
   std::list<std::unique_ptr<Generation>> old_;
   int next_generation_id_ = 1;
   uint64_t next_cli_id_ = 1;

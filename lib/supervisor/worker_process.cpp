@@ -78,7 +78,8 @@ class WorkerProcess {
       cfg_ = config::parse_config(m.value("config", ""), m.value("file", ""));
       util::set_log_level(level.empty() ? cfg_.log_level : level);
       const size_t agent = m.value("agent", size_t{0});
-      if (agent >= cfg_.agents.size()) throw std::runtime_error("no agent #" + std::to_string(agent));
+      if (agent >= cfg_.agents.size())
+        throw std::runtime_error("no agent #" + std::to_string(agent));
       const int listen_fd = m.value("listen_fd", -1);
       worker_ = std::make_unique<runtime::Worker>(
           loop_, std::vector<config::AgentConfig>{cfg_.agents[agent]});
@@ -144,8 +145,10 @@ class WorkerProcess {
       return;
     }
     auto done = [this] { close_all(); };
-    if (soft) worker_->soft_stop(grace_ms, done, mode);
-    else worker_->hard_stop(done);
+    if (soft)
+      worker_->soft_stop(grace_ms, done, mode);
+    else
+      worker_->hard_stop(done);
   }
 
   // A connection from a worker of the previous generation, at a safe point.

@@ -99,13 +99,18 @@ TEST(Format, ShowProcIsHaproxysFixedWidthLayout) {
   std::vector<ProcRow> old = {{1233, "iprep", 1, 3, 43, "0.0.9"}};
   const std::string out = show_proc(master, 1, workers, old);
   const std::string expected =
-      "#<PID>          <type>          <relative PID>  <reloads>       <uptime>        <version>      \n"
-      "1162            master          0               5 [failed: 1]   0d00h02m07s     0.1.0          \n"
+      "#<PID>          <type>          <relative PID>  <reloads>       <uptime>        <version>   "
+      "   \n"
+      "1162            master          0               5 [failed: 1]   0d00h02m07s     0.1.0       "
+      "   \n"
       "# workers\n"
-      "1271            iprep           1               0               0d00h00m00s     0.1.0          \n"
-      "1272            mirror          2               0               0d00h00m00s     0.1.0          \n"
+      "1271            iprep           1               0               0d00h00m00s     0.1.0       "
+      "   \n"
+      "1272            mirror          2               0               0d00h00m00s     0.1.0       "
+      "   \n"
       "# old workers\n"
-      "1233            iprep           1               3               0d00h00m43s     0.0.9          \n";
+      "1233            iprep           1               3               0d00h00m43s     0.0.9       "
+      "   \n";
   EXPECT_EQ(out, expected);
   EXPECT_EQ(show_proc(master, 0, workers, {}).find("# old workers"), std::string::npos);
 }
