@@ -8,6 +8,7 @@
 //                     soft-stop {grace_ms, mode}  as SIGUSR1; mode: disconnect|handoff|wait
 //                     hand-over {engines}         a successor starts: close new engines at HELLO
 //                     adopt {agent, state} + fd   serve this established connection
+//                     handoff-ack {}              a handoff was read (the worker may exit)
 //   worker -> master  ready {pid, version}        the agent listens: the worker serves
 //                     error {message}             the worker could not start; it exits
 //                     cli  {id, output}

@@ -69,6 +69,7 @@ struct Master::Proc {
   bool ready = false;
   bool leaving = false;
   bool exited = false;
+  bool handle_closed = false;
   struct CliCall {
     uint64_t deadline_ms;
     std::function<void(bool, std::string)> done;
@@ -249,10 +250,14 @@ Master::Proc* Master::spawn(Slot& s) {
   if (rc != 0) {
     ::close(fds[0]);
     mlog()->error("cannot start a worker of {}: {}", ac.name, uv_strerror(rc));
-    uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), nullptr);
-    // The handle is closed by libuv without a running process: keep the memory until then.
+    // libuv still closes the handle: keep the memory until then.
+    p->exited = true;
+    uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), [](uv_handle_t* h) {
+      auto* proc = static_cast<Proc*>(h->data);
+      proc->handle_closed = true;
+      proc->master->reap(proc);
+    });
     procs_.push_back(std::move(p));
-    procs_.back()->exited = true;
     schedule_respawn(s);
     return nullptr;
   }
@@ -262,7 +267,10 @@ Master::Proc* Master::spawn(Slot& s) {
   Proc* raw = p.get();
   raw->ch = Channel::open(
       loop_, fds[0], [this, raw](const nlohmann::json& m, int fd) { on_message(raw, m, fd); },
-      [raw] { raw->ch = nullptr; });
+      [this, raw] {
+        raw->ch = nullptr;
+        reap(raw);
+      });
   nlohmann::json init = {{"type", "init"},
                          {"config", g.text},
                          {"file", g.cfg.file},
@@ -283,6 +291,7 @@ void Master::on_message(Proc* p, const nlohmann::json& m, int fd) {
   const std::string type = m.value("type", "");
   if (type == "handoff") {
     hand_off(m, fd);
+    if (p->ch) p->ch->send({{"type", "handoff-ack"}});
     return;
   }
   if (fd >= 0) ::close(fd);
@@ -356,10 +365,8 @@ void Master::log_exit(const Proc& p, int64_t status, int signal) {
 void Master::on_exit(Proc* p, int64_t status, int signal) {
   log_exit(*p, status, signal);
   p->exited = true;
-  if (p->ch) {
-    p->ch->close();
-    p->ch = nullptr;
-  }
+  // The channel stays open until it reports EOF: a worker's last messages (a connection handed
+  // off just before it exited, with the socket in flight) are still in it.
   auto calls = std::move(p->cli);
   p->cli.clear();
   for (auto& [id, call] : calls)
@@ -369,10 +376,8 @@ void Master::on_exit(Proc* p, int64_t status, int signal) {
   if (s && s->proc == p) s->proc = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(&p->handle), [](uv_handle_t* h) {
     auto* proc = static_cast<Proc*>(h->data);
-    Master* m = proc->master;
-    m->procs_.remove_if([proc](const std::unique_ptr<Proc>& x) { return x.get() == proc; });
-    m->gc_generations();
-    m->maybe_exit();
+    proc->handle_closed = true;
+    proc->master->reap(proc);
   });
   if (stopping_) return;
   if (next_ && &g == next_.get()) {
@@ -397,6 +402,14 @@ void Master::on_exit(Proc* p, int64_t status, int signal) {
       schedule_respawn(*s);
     }
   }
+}
+
+void Master::reap(Proc* p) {
+  // Forget a worker once libuv is done with its process handle and its channel is closed.
+  if (!p->handle_closed || p->ch) return;
+  procs_.remove_if([p](const std::unique_ptr<Proc>& x) { return x.get() == p; });
+  gc_generations();
+  maybe_exit();
 }
 
 void Master::schedule_respawn(Slot& s) {

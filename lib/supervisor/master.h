@@ -82,6 +82,7 @@ class Master : public cli::MasterBackend {
   void generation_ready(Generation& g);
   void generation_failed(Generation& g, const std::string& why);
   void gc_generations();
+  void reap(Proc* p);
   void schedule_respawn(Slot& s);
   void bind_unix_listeners(const config::Config& cfg);
   void do_reload();

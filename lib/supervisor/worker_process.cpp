@@ -55,6 +55,8 @@ class WorkerProcess {
     if (sock >= 0) ::close(sock);
     if (type == "init" && !worker_) {
       init(m);
+    } else if (type == "handoff-ack") {
+      if (unacked_ > 0 && --unacked_ == 0 && closed_) close_channel();
     } else if (type == "hand-over" && worker_) {
       std::unordered_set<std::string> engines;
       for (const auto& e : m.value("engines", nlohmann::json::array()))
@@ -101,6 +103,7 @@ class WorkerProcess {
             done(false);
             return;
           }
+          ++unacked_;
           ch_->send_handle({{"type", "handoff"}, {"agent", name}, {"state", state}}, handle,
                            std::move(done));
         });
@@ -169,6 +172,32 @@ class WorkerProcess {
     for (auto& s : sig_)
       if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&s)))
         uv_close(reinterpret_cast<uv_handle_t*>(&s), nullptr);
+    // Keep the channel until the master has read every connection handed off: libuv takes a
+    // hang-up seen while a read stopped at a passed socket for the end of the stream, and
+    // would drop the messages behind it.
+    if (unacked_ > 0) {
+      uv_timer_init(loop_, &ack_timer_);
+      ack_timer_.data = this;
+      uv_timer_start(
+          &ack_timer_,
+          [](uv_timer_t* t) {
+            auto* w = static_cast<WorkerProcess*>(t->data);
+            w->log_->warn("{} hand-off(s) not acknowledged by the master", w->unacked_);
+            w->unacked_ = 0;
+            w->close_channel();
+          },
+          kAckTimeoutMs, 0);
+      ack_timer_armed_ = true;
+      return;
+    }
+    close_channel();
+  }
+
+  void close_channel() {
+    if (ack_timer_armed_) {
+      ack_timer_armed_ = false;
+      uv_close(reinterpret_cast<uv_handle_t*>(&ack_timer_), nullptr);
+    }
     if (ch_) {
       ch_->close();
       ch_ = nullptr;
@@ -185,6 +214,10 @@ class WorkerProcess {
   int master_pid_ = 0;
   int status_ = 0;
   bool closed_ = false;
+  static constexpr uint64_t kAckTimeoutMs = 2000;
+  int unacked_ = 0;  // connections handed off that the master has not acknowledged yet
+  uv_timer_t ack_timer_;
+  bool ack_timer_armed_ = false;
 };
 
 }  // namespace

@@ -9,6 +9,7 @@
 - `reload` closes the CLI connection (what follows is ignored); a changed listen address is
   bound by the new generation; SIGHUP reloads too.
 """
+import json
 import os
 import signal
 import sys
@@ -294,6 +295,51 @@ class ReloadDetails(Base):
         self.assertIsNotNone(sp2, self.logs())
         self.assertEqual(sv.echo_once(port_b)["txn.x"], "hello")
 
+
+
+class HandOff(unittest.TestCase):
+    """Connections survive reloads: old workers hand them to the new generation."""
+
+    def test_many_connections_survive_reloads(self):
+        env = harness.Env("handoff")
+        self.addCleanup(env.stop)
+        port = harness.free_port()
+        sock = env.path("master.sock")
+        env.spoad(env.write("spoad.yaml", """
+cli:
+  socket: %s
+agents:
+  - name: echo
+    type: echo
+    listen: 127.0.0.1:%d
+    workers: 3
+""" % (sock, port)))
+        self.assertTrue(harness.wait_for(lambda: os.path.exists(sock) and harness.port_open(port)),
+                        env.dump_logs())
+        clients = [spop.Client(("127.0.0.1", port)) for _ in range(40)]
+        for c in clients:
+            c.handshake()
+        sid = 1
+        for r in range(5):
+            # Traffic on every connection, then a reload while they are idle or busy.
+            for c in clients:
+                c.send(spop.notify(sid, 1, [("m", [("r", r)])]))
+            for c in clients:
+                f = c.recv_frame()
+                self.assertIsNotNone(f, (r, env.dump_logs()[-3000:]))
+                self.assertEqual((f.type, f.sid), (spop.ACK, sid), (r, f))
+            sid += 2
+            out = sv.cli(sock, "reload", timeout=30)
+            self.assertEqual(out.split("\n")[0], "Success=1", out)
+        for c in clients:
+            c.send(spop.notify(sid, 1, [("m", [("last", 1)])]))
+            f = c.recv_frame()
+            self.assertIsNotNone(f, "a connection was lost at a reload")
+            self.assertEqual(f.type, spop.ACK)
+            c.close()
+        adopted = sum(int(json.loads(sv.cli(sock, "@%d show stat json" % n))["echo"]["adopted"])
+                      for n in (1, 2, 3))
+        self.assertEqual(adopted, 40)
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -1,0 +1,257 @@
+#include "http/curl_loop.h"
+
+#include <algorithm>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <utility>
+
+namespace spoad::http {
+
+namespace {
+
+std::once_flag g_curl_init;
+
+// Shared by the handles close() closes: the last one to be freed calls `done`.
+struct CloseState {
+  size_t left = 0;
+  std::function<void()> done;
+};
+
+}  // namespace
+
+// Allocated with new; freed by on_handle_closed(), which may run after the CurlLoop is gone.
+struct CurlLoop::Handle {
+  CurlLoop* self = nullptr;  // nulled when the CurlLoop is destroyed first
+  bool closing = false;
+  curl_socket_t fd = CURL_SOCKET_BAD;  // polls: the socket curl asked us to watch
+  std::shared_ptr<CloseState> close_state;
+  union {
+    uv_handle_t handle;
+    uv_poll_t poll;
+    uv_timer_t timer;
+  } u;
+};
+
+CurlLoop::CurlLoop(uv_loop_t* loop) : loop_(loop) {
+  std::call_once(g_curl_init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  multi_ = curl_multi_init();
+  if (!multi_) throw std::runtime_error("curl_multi_init failed");
+  curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &CurlLoop::on_curl_socket);
+  curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
+  curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &CurlLoop::on_curl_timer);
+  curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
+  timer_ = new_handle();
+  uv_timer_init(loop_, &timer_->u.timer);
+  defer_timer_ = new_handle();
+  uv_timer_init(loop_, &defer_timer_->u.timer);
+}
+
+CurlLoop::~CurlLoop() {
+  if (!closed_) {
+    closed_ = true;
+    for (auto& [easy, t] : transfers_)
+      curl_multi_remove_handle(multi_, easy);
+    transfers_.clear();
+    deferred_.clear();
+    const std::vector<Handle*> hs(handles_.begin(), handles_.end());
+    for (Handle* h : hs)
+      close_handle(h);
+    curl_multi_cleanup(multi_);
+    multi_ = nullptr;
+  }
+  for (Handle* h : handles_)
+    h->self = nullptr;
+}
+
+CurlLoop::Handle* CurlLoop::new_handle() {
+  auto* h = new Handle;
+  h->self = this;
+  h->u.handle.data = h;
+  handles_.insert(h);
+  return h;
+}
+
+void CurlLoop::close_handle(Handle* h) {
+  if (h->closing) return;
+  h->closing = true;
+  uv_close(&h->u.handle, &CurlLoop::on_handle_closed);
+}
+
+void CurlLoop::on_handle_closed(uv_handle_t* uh) {
+  auto* h = static_cast<Handle*>(uh->data);
+  std::shared_ptr<CloseState> st = std::move(h->close_state);
+  if (h->self) h->self->handles_.erase(h);
+  delete h;
+  // Last: `done` may destroy the CurlLoop.
+  if (st && --st->left == 0 && st->done) {
+    auto done = std::move(st->done);
+    done();
+  }
+}
+
+void CurlLoop::add(CURL* easy, Done done) {
+  if (closed_) {
+    if (done) done(CURLE_ABORTED_BY_CALLBACK, 0);
+    return;
+  }
+  CURLcode fail = CURLE_OK;
+  if (!easy || transfers_.contains(easy)) {
+    fail = CURLE_BAD_FUNCTION_ARGUMENT;
+  } else {
+    const CURLMcode mc = curl_multi_add_handle(multi_, easy);
+    if (mc == CURLM_OUT_OF_MEMORY)
+      fail = CURLE_OUT_OF_MEMORY;
+    else if (mc != CURLM_OK)
+      fail = CURLE_FAILED_INIT;
+  }
+  if (fail != CURLE_OK) {
+    deferred_.push_back(Deferred{easy, std::move(done), fail});
+    uv_timer_start(&defer_timer_->u.timer, &CurlLoop::on_defer_timer, 0, 0);
+    return;
+  }
+  transfers_.emplace(easy, Transfer{next_seq_++, std::move(done)});
+}
+
+void CurlLoop::cancel_all() {
+  std::vector<std::pair<uint64_t, Done>> pending;
+  pending.reserve(transfers_.size());
+  for (auto& [easy, t] : transfers_) {
+    if (multi_) curl_multi_remove_handle(multi_, easy);
+    pending.emplace_back(t.seq, std::move(t.done));
+  }
+  transfers_.clear();
+  // In the order they were added.
+  std::sort(pending.begin(), pending.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<Deferred> deferred = std::move(deferred_);
+  deferred_.clear();
+  for (auto& d : deferred)
+    if (d.done) d.done(CURLE_ABORTED_BY_CALLBACK, 0);
+  for (auto& p : pending)
+    if (p.second) p.second(CURLE_ABORTED_BY_CALLBACK, 0);
+}
+
+void CurlLoop::close(std::function<void()> done) {
+  if (closed_) return;
+  closed_ = true;  // from now on add() refuses, and curl's callbacks start nothing
+  cancel_all();
+  auto st = std::make_shared<CloseState>();
+  st->done = std::move(done);
+  // Stop watching curl's sockets before curl closes them.
+  const std::vector<Handle*> hs(handles_.begin(), handles_.end());
+  for (Handle* h : hs) {
+    h->close_state = st;
+    ++st->left;
+    close_handle(h);
+  }
+  timer_ = defer_timer_ = nullptr;
+  curl_multi_cleanup(multi_);  // closes the cached connections
+  multi_ = nullptr;
+  if (st->left == 0 && st->done) {
+    auto d = std::move(st->done);
+    d();
+  }
+}
+
+int CurlLoop::on_curl_socket(CURL*, curl_socket_t s, int what, void* userp, void* socketp) {
+  auto* self = static_cast<CurlLoop*>(userp);
+  auto* h = static_cast<Handle*>(socketp);
+  if (what == CURL_POLL_REMOVE) {
+    // curl is done with the socket and may close it right after: stop polling it now.
+    if (h) {
+      if (!self->closed_) curl_multi_assign(self->multi_, s, nullptr);
+      self->close_handle(h);
+    }
+    return 0;
+  }
+  if (self->closed_) return 0;
+  if (!h) {
+    h = self->new_handle();
+    h->fd = s;
+    if (uv_poll_init_socket(self->loop_, &h->u.poll, s) != 0) {
+      self->handles_.erase(h);
+      delete h;
+      return -1;
+    }
+    curl_multi_assign(self->multi_, s, h);
+  }
+  if (h->closing) return 0;
+  int events = 0;
+  if (what & CURL_POLL_IN) events |= UV_READABLE;
+  if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
+  uv_poll_start(&h->u.poll, events, &CurlLoop::on_poll);
+  return 0;
+}
+
+int CurlLoop::on_curl_timer(CURLM*, long timeout_ms, void* userp) {
+  auto* self = static_cast<CurlLoop*>(userp);
+  if (self->closed_ || !self->timer_) return 0;
+  uv_timer_t* t = &self->timer_->u.timer;
+  if (timeout_ms < 0)
+    uv_timer_stop(t);
+  else
+    uv_timer_start(t, &CurlLoop::on_timer, static_cast<uint64_t>(timeout_ms), 0);
+  return 0;
+}
+
+void CurlLoop::on_poll(uv_poll_t* p, int status, int events) {
+  auto* h = static_cast<Handle*>(p->data);
+  if (!h->self || h->closing) return;
+  int flags = 0;
+  if (status < 0) {
+    flags = CURL_CSELECT_ERR;
+  } else {
+    if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  }
+  h->self->socket_action(h->fd, flags);
+}
+
+void CurlLoop::on_timer(uv_timer_t* t) {
+  auto* h = static_cast<Handle*>(t->data);
+  if (!h->self || h->closing) return;
+  h->self->socket_action(CURL_SOCKET_TIMEOUT, 0);
+}
+
+void CurlLoop::on_defer_timer(uv_timer_t* t) {
+  auto* h = static_cast<Handle*>(t->data);
+  if (!h->self || h->closing) return;
+  h->self->run_deferred();
+}
+
+void CurlLoop::socket_action(curl_socket_t s, int flags) {
+  if (!multi_) return;
+  int running = 0;
+  curl_multi_socket_action(multi_, s, flags, &running);
+  check_done();
+}
+
+void CurlLoop::check_done() {
+  // A `done` may call add(), cancel_all() or close(): re-check multi_ at each step.
+  while (multi_) {
+    int left = 0;
+    CURLMsg* m = curl_multi_info_read(multi_, &left);
+    if (!m) break;
+    if (m->msg != CURLMSG_DONE) continue;
+    CURL* easy = m->easy_handle;
+    const CURLcode result = m->data.result;
+    long status = 0;
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_multi_remove_handle(multi_, easy);
+    auto it = transfers_.find(easy);
+    if (it == transfers_.end()) continue;
+    Done done = std::move(it->second.done);
+    transfers_.erase(it);
+    if (done) done(result, status);
+  }
+}
+
+void CurlLoop::run_deferred() {
+  std::vector<Deferred> ds = std::move(deferred_);
+  deferred_.clear();
+  for (auto& d : ds)
+    if (d.done) d.done(d.result, 0);
+}
+
+}  // namespace spoad::http
