@@ -6,7 +6,7 @@ set -euo pipefail
 SPOAD_PACKAGES=(
   g++ meson ninja-build pkg-config git
   libuv1-dev libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev libgtest-dev
-  libcurl4-openssl-dev libssl-dev libcli11-dev
+  libcurl4-openssl-dev libssl-dev libcli11-dev zlib1g-dev
   haproxy socat curl python3 wrk procps
 )
 

@@ -235,12 +235,12 @@ void CurlLoop::check_done() {
     if (!m) break;
     if (m->msg != CURLMSG_DONE) continue;
     CURL* easy = m->easy_handle;
+    auto it = transfers_.find(easy);
+    if (it == transfers_.end()) continue;  // not ours (cannot happen): do not touch it
     const CURLcode result = m->data.result;
     long status = 0;
     curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
     curl_multi_remove_handle(multi_, easy);
-    auto it = transfers_.find(easy);
-    if (it == transfers_.end()) continue;
     Done done = std::move(it->second.done);
     transfers_.erase(it);
     if (done) done(result, status);

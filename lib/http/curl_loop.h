@@ -83,8 +83,8 @@ class CurlLoop {
 
   uv_loop_t* loop_;
   CURLM* multi_ = nullptr;
-  Handle* timer_ = nullptr;        // curl's timeout
-  Handle* defer_timer_ = nullptr;  // reports transfers that could not start
+  Handle* timer_ = nullptr;              // curl's timeout
+  Handle* defer_timer_ = nullptr;        // reports transfers that could not start
   std::unordered_set<Handle*> handles_;  // every handle not yet freed (closing ones too)
   std::unordered_map<CURL*, Transfer> transfers_;
   uint64_t next_seq_ = 0;

@@ -1,0 +1,211 @@
+// The tracing agent's span exporter: queues finished spans (each already encoded as one
+// OTLP/JSON span object), groups them into batches and sends each batch as one OTLP
+// ExportTraceServiceRequest, over OTLP/HTTP with JSON bodies (POST, optionally gzip), or as one
+// JSON line in a file. Everything runs on the worker's libuv loop and never blocks it.
+//
+// A batch leaves when max_batch spans wait or flush_interval_ms after its oldest span was
+// queued. OTLP/HTTP: at most 2 requests at once (a batch waiting for its retry counts); success
+// is a 2xx. Transport errors (refused, reset, timeout...) and HTTP 429, 502, 503, 504 are
+// retried with backoff (retry_initial_ms doubling up to retry_max_ms, +/-20% jitter; a
+// Retry-After header in seconds or as a date replaces it, up to 300 s); the batch keeps its
+// spans. Any other status drops the batch (failed_exports), logged once per status. The gzip
+// level is 1: compression runs on the loop, so speed matters more than the last percent.
+//
+// Kind::kFile: each batch is one line (the same request object) appended to `file`. The open,
+// write and close run on libuv's thread pool (uv_queue_work), one batch at a time, so a slow
+// disk never stalls the loop; opening the path for each batch also follows log rotation.
+//
+// Memory is bounded: at most `max_queue` spans are held in total (waiting, being sent, waiting
+// for a retry); beyond that new spans are refused and counted. When the receiver is down,
+// batches are retried with exponential backoff and export resumes by itself once it is back.
+#pragma once
+
+#include <spdlog/logger.h>
+#include <uv.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "config/options.h"
+#include "util/rate_limit.h"
+
+struct curl_slist;
+
+namespace spoad::http {
+class CurlLoop;
+}
+
+namespace spoad::agents::tracing {
+
+struct ExporterOptions {
+  enum class Kind { kOtlpHttp, kFile, kNone } kind = Kind::kOtlpHttp;
+  std::string endpoint = "http://127.0.0.1:4318/v1/traces";  // full URL for OTLP/HTTP
+  std::vector<std::pair<std::string, std::string>> headers;  // extra HTTP headers
+  bool gzip = false;                                         // Content-Encoding: gzip
+  std::string file;                   // Kind::kFile: path; one JSON line per batch
+  size_t max_batch = 512;             // spans per export request
+  uint64_t flush_interval_ms = 1000;  // longest wait of a span before its batch leaves
+  size_t max_queue = 8192;            // spans held in memory; beyond, new spans are dropped
+  uint64_t timeout_ms = 10000;        // per HTTP request; also bounds stop()
+  uint64_t retry_initial_ms = 500;    // first retry delay, doubling per attempt...
+  uint64_t retry_max_ms = 30000;      // ...up to this
+  std::string service_name = "haproxy";
+  std::vector<std::pair<std::string, std::string>> resource_attributes;  // besides service.name
+};
+
+// Reads the OpenTelemetry SDK environment variables into `o`, as the SDKs honour them. `env`
+// looks a variable up (nullptr when unset; an empty value counts as unset), e.g. std::getenv.
+//   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT   endpoint, used as is
+//   OTEL_EXPORTER_OTLP_ENDPOINT          else: base URL, "/v1/traces" appended
+//   OTEL_SERVICE_NAME                    service_name
+//   OTEL_RESOURCE_ATTRIBUTES             k=v,k2=v2 (percent-decoded) into resource_attributes;
+//                                        its service.name is used unless OTEL_SERVICE_NAME is set
+//   OTEL_EXPORTER_OTLP_HEADERS           k=v,... (percent-decoded) into headers; then
+//   OTEL_EXPORTER_OTLP_TRACES_HEADERS    the same, overriding headers of the same name
+//   OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION  gzip or none
+//   OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT  timeout_ms (milliseconds)
+//   OTEL_BSP_SCHEDULE_DELAY              flush_interval_ms (milliseconds)
+//   OTEL_BSP_MAX_QUEUE_SIZE              max_queue
+//   OTEL_BSP_MAX_EXPORT_BATCH_SIZE       max_batch
+//   OTEL_TRACES_EXPORTER=none, OTEL_SDK_DISABLED=true   kind = kNone
+//   OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL=grpc            reported (spoad sends http/json)
+// The _TRACES_ variable wins over the generic one. Returns one message per value it could not
+// use (that variable is then ignored, as the SDKs do), for the caller to log; empty if none.
+std::vector<std::string> apply_otel_env(ExporterOptions& o,
+                                        const std::function<const char*(const char*)>& env);
+
+// Reads the `exporter:` mapping of the agent's options into `out`. Keys that are absent keep
+// the value `out` already has, so call apply_otel_env() first: YAML overrides the environment.
+//   type                 otlp-http | file | none
+//   endpoint             URL (http:// or https://), used as is
+//   headers              list of "Name: value"; replaces a header of the same name
+//   gzip                 boolean
+//   file                 path (required with type file)
+//   max-batch            1..100000 spans
+//   flush-interval       duration, 1ms..1h
+//   max-queue            1..10000000 spans
+//   timeout              duration, 1ms..10m
+//   retry-initial        duration, 1ms..1h
+//   retry-max            duration, 1ms..1d (not below retry-initial)
+//   service-name         string
+//   resource-attributes  list of "key=value"; replaces an attribute of the same key
+// Then rejects unknown keys (check_unknown). Throws config::ConfigError (file:line:key).
+void parse_exporter_options(config::Options& o, ExporterOptions* out);
+
+class SpanExporter {
+ public:
+  struct Stats {
+    uint64_t enqueued = 0;               // spans accepted by enqueue()
+    uint64_t exported = 0;               // spans the receiver accepted (2xx) or written to the file
+    uint64_t dropped = 0;                // spans refused by enqueue() (queue full, or stopped)
+    uint64_t failed_spans = 0;           // accepted spans lost later: rejected batch, stop timeout
+    uint64_t failed_exports = 0;         // batches dropped: non-retryable status, write error
+    uint64_t export_requests = 0;        // HTTP requests (retries included) or file writes
+    uint64_t retries = 0;                // requests that were retries
+    uint64_t queued = 0;                 // spans in memory now (waiting, in flight, in retry)
+    uint64_t export_latency_avg_ms = 0;  // request start to completion, successful requests
+    uint64_t export_latency_max_ms = 0;
+  };
+
+  // `loop` may be nullptr (configuration check): the exporter then touches no loop, refuses
+  // every span and stop() calls `done` at once. Starts no I/O before the first span. Throws
+  // std::runtime_error if curl cannot be set up.
+  SpanExporter(uv_loop_t* loop, ExporterOptions opts, std::shared_ptr<spdlog::logger> log);
+  // Safe at any time; without stop() (or before its `done`), spans not yet exported are lost,
+  // `done` is not called, and the loop's handles are closed (freed on the loop's next run).
+  ~SpanExporter();
+  SpanExporter(const SpanExporter&) = delete;
+  SpanExporter& operator=(const SpanExporter&) = delete;
+
+  // Queues one finished span, already encoded as an OTLP/JSON span object ({"traceId":...}).
+  // O(1): never blocks, never sends from inside the call. Returns false when the span was
+  // dropped (max_queue spans already held, or stop() finished), and counts it in `dropped`.
+  // With Kind::kNone every span is counted in `enqueued` and discarded.
+  bool enqueue(std::string span_json);
+
+  // Soft-stop: sends what is queued at once (batches of max_batch, retries allowed) for at
+  // most timeout_ms, then abandons the rest (counted in failed_spans), closes the timers and
+  // the HTTP connections, and calls `done` on the loop (or at once with nothing to do). Spans
+  // enqueued meanwhile are still sent. Call once.
+  void stop(std::function<void()> done);
+
+  Stats stats() const;
+
+  const ExporterOptions& options() const { return opts_; }
+
+ private:
+  struct Queued {
+    std::string json;
+    uint64_t t_ms;  // uv_now() when queued
+  };
+  struct Batch;
+  struct Timer;
+  struct FileJob;
+
+  bool slot_free() const;
+  void schedule();
+  void pump();
+  void send_batch(size_t n);
+  std::string build_body(size_t n);
+  void start_http(Batch* b);
+  void on_http_done(Batch* b, int result, long status);
+  void retry_later(Batch* b, uint64_t delay_ms);
+  void on_retry_timer();
+  void start_file(std::string body, size_t n);
+  void on_file_done(FileJob* job);
+  void finish_batch(Batch* b);
+  void on_stop_deadline();
+  void close_all();
+  void maybe_done();
+  void maybe_finished();
+  void note_latency(uint64_t ms);
+  void warn(const std::string& msg);
+
+  Timer* make_timer(void (SpanExporter::*fn)());
+  void close_timer(Timer*& t);
+  static void on_timer(uv_timer_t* t);
+  static void on_timer_closed(uv_handle_t* h);
+
+  uv_loop_t* loop_;
+  ExporterOptions opts_;
+  std::shared_ptr<spdlog::logger> log_;
+  std::string body_prefix_, body_suffix_;  // the request around the spans
+  curl_slist* headers_ = nullptr;          // the request headers, shared by all requests
+  std::string user_agent_;
+  std::shared_ptr<int> token_;  // callbacks that may outlive the exporter hold a weak_ptr
+
+  std::deque<Queued> queue_;
+  size_t held_ = 0;                              // spans in memory: queue_ plus every batch
+  std::vector<std::unique_ptr<Batch>> batches_;  // in flight or waiting for a retry
+  std::unique_ptr<http::CurlLoop> curl_;
+  FileJob* file_job_ = nullptr;  // the file write in progress
+  Timer* flush_timer_ = nullptr;
+  Timer* retry_timer_ = nullptr;
+  Timer* stop_timer_ = nullptr;
+  std::vector<Timer*> timers_;  // not yet freed (closing ones too)
+
+  bool stopping_ = false;  // stop() called
+  bool closing_ = false;   // closing the handles; nothing new starts
+  bool finished_ = false;  // `done` called (or due)
+  bool curl_closed_ = false;
+  std::function<void()> stop_done_;
+
+  Stats stats_;
+  uint64_t latency_sum_ms_ = 0;
+  uint64_t latency_n_ = 0;
+  bool failing_ = false;  // the last export failed; log when it works again
+  std::set<long> logged_statuses_;
+  util::RateLimiter log_limiter_{2};
+  util::RateLimiter drop_limiter_{1};
+  std::minstd_rand rng_;
+};
+
+}  // namespace spoad::agents::tracing

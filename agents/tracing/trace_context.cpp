@@ -1,0 +1,144 @@
+#include "agents/tracing/trace_context.h"
+
+namespace spoad::agents::tracing {
+
+namespace {
+
+int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+bool all_zero(const uint8_t* p, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (p[i]) return false;
+  return true;
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+std::string to_hex(const uint8_t* p, size_t n) {
+  static const char d[] = "0123456789abcdef";
+  std::string s(n * 2, '0');
+  for (size_t i = 0; i < n; ++i) {
+    s[2 * i] = d[p[i] >> 4];
+    s[2 * i + 1] = d[p[i] & 15];
+  }
+  return s;
+}
+
+std::string to_hex64(uint64_t v) {
+  uint8_t b[8];
+  for (int i = 7; i >= 0; --i) {
+    b[i] = static_cast<uint8_t>(v);
+    v >>= 8;
+  }
+  return to_hex(b, 8);
+}
+
+bool from_hex(std::string_view s, uint8_t* out, size_t n) {
+  if (s.size() != 2 * n) return false;
+  for (size_t i = 0; i < n; ++i) {
+    const int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  return true;
+}
+
+bool from_hex64(std::string_view s, uint64_t* v) {
+  uint8_t b[8];
+  if (!from_hex(s, b, 8)) return false;
+  uint64_t r = 0;
+  for (uint8_t x : b)
+    r = r << 8 | x;
+  *v = r;
+  return true;
+}
+
+std::optional<TraceParent> parse_traceparent(std::string_view h) {
+  // Surrounding spaces are tolerated (header folding); the fields are fixed-width.
+  while (!h.empty() && (h.front() == ' ' || h.front() == '\t'))
+    h.remove_prefix(1);
+  while (!h.empty() && (h.back() == ' ' || h.back() == '\t'))
+    h.remove_suffix(1);
+  if (h.size() < 55 || h[2] != '-' || h[35] != '-' || h[52] != '-') return std::nullopt;
+  uint8_t version = 0;
+  if (!from_hex(h.substr(0, 2), &version, 1) || version == 0xff) return std::nullopt;
+  if (version == 0 && h.size() != 55) return std::nullopt;
+  if (version != 0 && h.size() > 55 && h[55] != '-') return std::nullopt;
+  TraceParent tp;
+  uint8_t pid[8];
+  if (!from_hex(h.substr(3, 32), tp.trace_id.data(), 16) || !from_hex(h.substr(36, 16), pid, 8) ||
+      !from_hex(h.substr(53, 2), &tp.flags, 1))
+    return std::nullopt;
+  if (all_zero(tp.trace_id.data(), 16) || all_zero(pid, 8)) return std::nullopt;
+  for (uint8_t x : pid)
+    tp.parent_id = tp.parent_id << 8 | x;
+  return tp;
+}
+
+std::string format_traceparent(const TraceId& trace_id, uint64_t span_id, uint8_t flags) {
+  return "00-" + to_hex(trace_id.data(), 16) + "-" + to_hex64(span_id) + "-" + to_hex(&flags, 1);
+}
+
+std::string RequestContext::encode() const {
+  return to_hex(trace_id.data(), 16) + to_hex64(seed) + to_hex64(remote_parent) + to_hex(&flags, 1);
+}
+
+std::optional<RequestContext> RequestContext::decode(std::string_view s) {
+  RequestContext c;
+  if (s.size() != 66 || !from_hex(s.substr(0, 32), c.trace_id.data(), 16) ||
+      !from_hex64(s.substr(32, 16), &c.seed) || !from_hex64(s.substr(48, 16), &c.remote_parent) ||
+      !from_hex(s.substr(64, 2), &c.flags, 1))
+    return std::nullopt;
+  return c;
+}
+
+uint64_t span_id(uint64_t seed, SpanKindId which) {
+  uint64_t v = splitmix64(seed ^ (0x632BE59BD9B4E019ull * static_cast<uint64_t>(which)));
+  return v ? v : 1;
+}
+
+IdGenerator::IdGenerator() {
+  std::random_device rd;
+  std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+  rng_.seed(seq);
+}
+
+TraceId IdGenerator::trace_id() {
+  TraceId t;
+  do {
+    const uint64_t a = rng_(), b = rng_();
+    for (int i = 0; i < 8; ++i) {
+      t[i] = static_cast<uint8_t>(a >> (56 - 8 * i));
+      t[8 + i] = static_cast<uint8_t>(b >> (56 - 8 * i));
+    }
+  } while (all_zero(t.data(), 16));
+  return t;
+}
+
+uint64_t IdGenerator::u64() {
+  uint64_t v;
+  do
+    v = rng_();
+  while (v == 0);
+  return v;
+}
+
+bool IdGenerator::sample(double ratio) {
+  if (ratio >= 1.0) return true;
+  if (ratio <= 0.0) return false;
+  return std::uniform_real_distribution<double>(0.0, 1.0)(rng_) < ratio;
+}
+
+}  // namespace spoad::agents::tracing

@@ -1,0 +1,83 @@
+// tracing: OpenTelemetry spans for each SPOE event, exported over OTLP/HTTP (JSON) or to a file.
+//
+// The spans follow the tree of shared/seeds/001 (one trace per HTTP request):
+//
+//   HAProxy session                      on-client-session .. on-http-response   SERVER
+//   ├─ Client session                    on-client-session .. on-http-response   SERVER
+//   │  └─ Frontend TCP request           on-frontend-tcp-request .. fe-http-req  SERVER
+//   │     └> Frontend HTTP request       on-frontend-http-request .. be-tcp-req  SERVER
+//   │        └> Backend TCP request      on-backend-tcp-request .. be-http-req   CLIENT
+//   │           └> Backend HTTP request  on-backend-http-request .. server-sess  CLIENT
+//   └─ Server session                    on-server-session .. on-http-response   CLIENT
+//      └─ TCP response                   on-tcp-response .. on-http-response     INTERNAL
+//         └> HTTP response               on-http-response                        INTERNAL
+//   (└─ child of; └> follows from: the predecessor is the parent and also a link, as
+//    OpenTelemetry's OpenTracing shim maps "follows from")
+//
+// The agent keeps no per-request memory, so that any worker can take any event (HAProxy 3.x
+// pools connections and SO_REUSEPORT spreads them): each event's ACK stores what later events
+// need in transaction variables, and later messages send them back as arguments:
+//
+//   txn.<pfx>.ctx       trace id, span-id seed, remote parent span, flags (66 hex digits)
+//   txn.<pfx>.sampled   bool, for the `event ... if { var(txn.<pfx>.sampled) -m bool }` guards
+//   txn.<pfx>.ts        the incoming tracestate, if any
+//   txn.<pfx>.t_cs .. t_tr   start time of each open span (microseconds, HAProxy's date(0,us))
+//   txn.<pfx>.t0        start of the root span when there is no client-session event
+//   txn.<pfx>.traceparent    the header HAProxy sends to the server (Backend HTTP request)
+//
+// Each span is encoded and queued when the event that ends it arrives; on-http-response ends
+// every span still open. Span ids derive from the seed (trace_context.h), so the worker that
+// ends a span can name its parent without having seen it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "agent/agent.h"
+#include "agent/registry.h"
+#include "agents/tracing/exporter.h"
+#include "agents/tracing/trace_context.h"
+#include "util/rate_limit.h"
+
+namespace spoad::agents::tracing {
+
+struct TracingOptions : agent::AgentOptions {
+  double sampling = 1.0;  // share of requests without an incoming traceparent that are traced
+  ExporterOptions exporter;
+};
+
+class TracingAgent : public agent::Agent {
+ public:
+  TracingAgent(const agent::Context& ctx, const TracingOptions& opts);
+  ~TracingAgent() override;
+
+  void on_message(const spop::Message& msg, agent::Reply& reply) override;
+  void start() override;
+  void stop(std::function<void()> done) override;
+  void stats(nlohmann::json& out) const override;
+
+  // The spans a message produced, for tests without an exporter (encoded OTLP/JSON objects).
+  void set_span_sink(std::function<void(std::string)> sink) { sink_ = std::move(sink); }
+
+ private:
+  struct Event;
+  void emit(std::string span_json);
+  void warn(const std::string& what);
+
+  agent::Context ctx_;
+  TracingOptions opts_;
+  IdGenerator ids_;
+  std::unique_ptr<SpanExporter> exporter_;
+  std::function<void(std::string)> sink_;
+  util::RateLimiter log_limiter_{10};
+
+  uint64_t requests_sampled_ = 0;
+  uint64_t requests_unsampled_ = 0;
+  uint64_t requests_continued_ = 0;  // with an incoming traceparent
+  uint64_t spans_started_ = 0;
+  uint64_t spans_ended_ = 0;
+  uint64_t bad_messages_ = 0;  // no context where one was needed, unknown message
+};
+
+}  // namespace spoad::agents::tracing
