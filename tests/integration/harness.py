@@ -153,6 +153,27 @@ class Env:
         return "\n".join(out)
 
 
+def shipped_env(env, **overrides):
+    """The environment variables of config/spoad.yaml and config/haproxy.cfg, with fresh ports
+    and paths in `env`'s directory, so that tests using the shipped files run in parallel."""
+    v = {
+        "SPOAD_IPREP_ADDR": "127.0.0.1:%d" % free_port(),
+        "SPOAD_TRACING_ADDR": "127.0.0.1:%d" % free_port(),
+        "SPOAD_CLI_SOCKET": env.path("master.sock"),
+        "SPOAD_TRACES_FILE": env.path("traces.jsonl"),
+        "HAPROXY_BIND": "127.0.0.1:%d" % free_port(),
+        "HAPROXY_STATS_SOCKET": env.path("haproxy.sock"),
+        "APP_ADDR": "127.0.0.1:%d" % free_port(),
+        "SPOE_DIR": CONFIG_DIR,
+    }
+    v.update(overrides)
+    return v
+
+
+def port_of(addr):
+    return int(addr.rsplit(":", 1)[1])
+
+
 def http_request(port, path="/", method="GET", source=None, headers=None, body=None, host="127.0.0.1",
                  timeout=10.0):
     """One HTTP/1.1 request on a new connection. Returns (status, headers dict lowercased, body)."""

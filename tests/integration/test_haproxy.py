@@ -38,16 +38,10 @@ class ShippedConfig(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.env = harness.Env("haproxy")
-        cls.fe_port = harness.free_port()
-        cls.agent_port = harness.free_port()
-        cls.stats = cls.env.path("haproxy.sock")
-        cls.vars = {
-            "SPOAD_IPREP_ADDR": "127.0.0.1:%d" % cls.agent_port,
-            "SPOAD_CLI_SOCKET": cls.env.path("master.sock"),
-            "HAPROXY_BIND": "127.0.0.1:%d" % cls.fe_port,
-            "HAPROXY_STATS_SOCKET": cls.stats,
-            "SPOE_DIR": harness.CONFIG_DIR,
-        }
+        cls.vars = harness.shipped_env(cls.env)
+        cls.fe_port = harness.port_of(cls.vars["HAPROXY_BIND"])
+        cls.agent_port = harness.port_of(cls.vars["SPOAD_IPREP_ADDR"])
+        cls.stats = cls.vars["HAPROXY_STATS_SOCKET"]
         cls.spoad = cls.env.spoad(os.path.join(harness.CONFIG_DIR, "spoad.yaml"), env=cls.vars)
         if not harness.wait_for(lambda: harness.port_open(cls.agent_port)):
             raise RuntimeError("spoad did not start:\n" + cls.env.dump_logs())
@@ -94,10 +88,8 @@ class HealthCheckDown(unittest.TestCase):
     def test_agent_goes_down_when_spoad_stops(self):
         env = harness.Env("spopcheck")
         self.addCleanup(env.stop)
-        fe, agent = harness.free_port(), harness.free_port()
-        v = {"SPOAD_IPREP_ADDR": "127.0.0.1:%d" % agent, "SPOAD_CLI_SOCKET": env.path("m.sock"),
-             "HAPROXY_BIND": "127.0.0.1:%d" % fe, "HAPROXY_STATS_SOCKET": env.path("h.sock"),
-             "SPOE_DIR": harness.CONFIG_DIR}
+        v = harness.shipped_env(env)
+        agent = harness.port_of(v["SPOAD_IPREP_ADDR"])
         spoad = env.spoad(os.path.join(harness.CONFIG_DIR, "spoad.yaml"), env=v)
         self.assertTrue(harness.wait_for(lambda: harness.port_open(agent)), env.dump_logs())
         env.haproxy(os.path.join(harness.CONFIG_DIR, "haproxy.cfg"), env=v)
@@ -131,10 +123,9 @@ class ListReload(unittest.TestCase):
         env = harness.Env("reload")
         self.addCleanup(env.stop)
         p = {"agent": harness.free_port(), "list": env.path("live.txt"), "watch": watch}
-        fe = harness.free_port()
         self.write_list(p["list"], "192.0.2.0/24\n")
-        v = {"SPOAD_IPREP_ADDR": "127.0.0.1:%d" % p["agent"], "HAPROXY_BIND": "127.0.0.1:%d" % fe,
-             "HAPROXY_STATS_SOCKET": env.path("h.sock"), "SPOE_DIR": harness.CONFIG_DIR}
+        v = harness.shipped_env(env, SPOAD_IPREP_ADDR="127.0.0.1:%d" % p["agent"])
+        fe = harness.port_of(v["HAPROXY_BIND"])
         spoad = env.spoad(env.write("spoad.yaml", RELOAD_SPOAD % p))
         self.assertTrue(harness.wait_for(lambda: harness.port_open(p["agent"])), env.dump_logs())
         env.haproxy(os.path.join(harness.CONFIG_DIR, "haproxy.cfg"), env=v)

@@ -56,12 +56,11 @@ class ReloadUnderLoad(Base):
     name = "reload-load"
 
     def test_20_reloads_under_http_load(self):
-        fe, agent = harness.free_port(), harness.free_port()
-        v = {"SPOAD_IPREP_ADDR": "127.0.0.1:%d" % agent, "SPOAD_CLI_SOCKET": self.sock,
-             "HAPROXY_BIND": "127.0.0.1:%d" % fe, "HAPROXY_STATS_SOCKET": self.env.path("h.sock"),
-             "SPOE_DIR": harness.CONFIG_DIR}
+        # config/spoad.yaml: 2 ip-checker workers and 2 tracing workers.
+        v = harness.shipped_env(self.env, SPOAD_CLI_SOCKET=self.sock)
+        fe = harness.port_of(v["HAPROXY_BIND"])
         spoad = self.env.spoad(os.path.join(harness.CONFIG_DIR, "spoad.yaml"), env=v)
-        sp = sv.wait_pool(self.sock, 2, proc=spoad)
+        sp = sv.wait_pool(self.sock, 4, proc=spoad)
         self.tracker.add_proc(sp)
         self.assertIsNotNone(sp, self.logs())
         self.env.haproxy(os.path.join(harness.CONFIG_DIR, "haproxy.cfg"), env=v)
@@ -85,10 +84,11 @@ class ReloadUnderLoad(Base):
                     self.assertFalse(sp.pids() & prev, (i, "old workers still current", sp.text))
                 else:
                     spoad.send_signal(signal.SIGUSR2)
-                    sp = self.wait_generation(i, prev, 2)
+                    sp = self.wait_generation(i, prev, 4)
                     self.assertIsNotNone(sp, (i, "SIGUSR2 reload not done", self.logs()))
-                self.assertEqual(len(sp.workers), 2, sp.text)
-                self.assertEqual({r.type for r in sp.workers}, {"iprep"}, sp.text)
+                self.assertEqual(len(sp.workers), 4, sp.text)
+                self.assertEqual([r.type for r in sp.workers],
+                                 ["iprep", "iprep", "tracing", "tracing"], sp.text)
                 self.assertTrue(all(r.reloads == 0 for r in sp.workers), sp.text)
                 old |= prev
                 # Let some traffic reach the new generation before the next reload.
