@@ -224,7 +224,8 @@ namespace {
 std::unique_ptr<agent::AgentOptions> parse(config::Options& o) {
   auto opts = std::make_unique<TracingOptions>();
   opts->sampling = o.number("sampling", 1.0, 0.0, 1.0);
-  apply_otel_env(opts->exporter, [](const char* k) { return std::getenv(k); });
+  opts->env_warnings =
+      apply_otel_env(opts->exporter, [](const char* k) { return std::getenv(k); });
   config::Options ex = o.map("exporter");
   parse_exporter_options(ex, &opts->exporter);
   ex.check_unknown();
@@ -247,6 +248,8 @@ TracingAgent::TracingAgent(const agent::Context& ctx, const TracingOptions& opts
 TracingAgent::~TracingAgent() = default;
 
 void TracingAgent::start() {
+  if (ctx_.log)
+    for (const std::string& w : opts_.env_warnings) ctx_.log->warn("{}", w);
   if (ctx_.loop && !exporter_)
     exporter_ = std::make_unique<SpanExporter>(ctx_.loop, opts_.exporter, ctx_.log);
 }
@@ -468,7 +471,9 @@ void TracingAgent::stats(nlohmann::json& out) const {
   out["bad_messages"] = bad_messages_;
   if (exporter_) {
     const SpanExporter::Stats s = exporter_->stats();
+    out["spans_enqueued"] = s.enqueued;
     out["spans_exported"] = s.exported;
+    out["spans_failed"] = s.failed_spans;
     out["spans_dropped"] = s.dropped;
     out["spans_queued"] = s.queued;
     out["export_requests"] = s.export_requests;

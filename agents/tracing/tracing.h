@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "agent/agent.h"
 #include "agent/registry.h"
@@ -45,6 +46,7 @@ namespace spoad::agents::tracing {
 struct TracingOptions : agent::AgentOptions {
   double sampling = 1.0;  // share of requests without an incoming traceparent that are traced
   ExporterOptions exporter;
+  std::vector<std::string> env_warnings;  // OTEL_* values apply_otel_env() could not use
 };
 
 class TracingAgent : public agent::Agent {
