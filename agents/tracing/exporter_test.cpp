@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "agents/tracing/test_http_server.h"
+#include "tests/unit/test_http_server.h"
 #include "config/options.h"
 #include "util/log.h"
 #include "version.h"

@@ -179,31 +179,37 @@ void Server::soft_stop(std::function<void()> done, DrainMode mode) {
   std::vector<Connection*> conns(conns_.begin(), conns_.end());
   for (Connection* c : conns)
     c->drain(mode);
-  agent_->stop([this] {
-    agent_stopped_ = true;
-    check_stopped();
-  });
-  check_stopped();
+  check_stopped();  // stops the agent once the last connection is gone
 }
 
 void Server::hard_stop(std::function<void()> done) {
   if (stopped_) return;  // already fully stopped: `done` was called then
-  const bool was_stopping = stopping_;
   stopping_ = true;
   stopped_cb_ = std::move(done);
   close_listener();
   std::vector<Connection*> conns(conns_.begin(), conns_.end());
   for (Connection* c : conns)
     c->close_now();
-  if (!was_stopping) agent_->stop([] {});
+  if (!agent_stop_called_) {
+    agent_stop_called_ = true;
+    agent_->stop([] {});
+  }
   agent_stopped_ = true;
   check_stopped();
 }
 
 void Server::check_stopped() {
-  if (!stopping_ || !conns_.empty() || !agent_stopped_ || listener_open_ || listener_closing_)
-    return;
-  if (stopped_) return;
+  if (!stopping_ || !conns_.empty() || listener_open_ || listener_closing_) return;
+  // The agent stops after the last message: a draining connection may still bring NOTIFYs
+  // (kWait serves until HAProxy closes), and the agent must still act on them.
+  if (!agent_stop_called_) {
+    agent_stop_called_ = true;
+    agent_->stop([this] {
+      agent_stopped_ = true;
+      check_stopped();
+    });
+  }
+  if (!agent_stopped_ || stopped_) return;
   stopped_ = true;
   if (stopped_cb_) {
     auto cb = std::move(stopped_cb_);

@@ -34,7 +34,8 @@ class Server {
 
   // Soft-stop: stop accepting, let each connection finish its NOTIFYs in flight and let go of
   // it as `mode` says (kHandOff needs a hand-off function, else it falls back to
-  // kDisconnect), stop the agent; then call `done`.
+  // kDisconnect); once the last connection is gone, stop the agent (Agent::stop) and when it
+  // is done, call `done`.
   void soft_stop(std::function<void()> done, DrainMode mode = DrainMode::kDisconnect);
 
   // Where connections go when handed off: `fn(state, handle, done)` sends the socket of
@@ -116,8 +117,9 @@ class Server {
   std::unordered_set<std::string> old_engines_;
   std::function<void(const std::string&)> engine_cb_;
   HandOffFn handoff_;
-  bool agent_stopped_ = false;
-  bool stopped_ = false;  // the stop callback has run
+  bool agent_stop_called_ = false;  // Agent::stop() called (after the last connection)
+  bool agent_stopped_ = false;      // ... and its `done` ran
+  bool stopped_ = false;            // the stop callback has run
   std::function<void()> stopped_cb_;
   std::unordered_set<Connection*> conns_;
 };

@@ -1,6 +1,8 @@
 """spoad's command line: --version, -c (config check), start-up failures, signals."""
+import http.server
 import os
 import signal
+import threading
 import subprocess
 import sys
 import time
@@ -119,6 +121,60 @@ class CommandLine(unittest.TestCase):
         self.assertEqual(f.type, spop.AGENT_DISCONNECT)  # then the connection is closed
         self.assertEqual(p.wait(5), 0)
         c.close()
+
+    def test_agent_acts_on_messages_until_the_last_connection_closes(self):
+        """Under HAProxy's program reload an old spoad serves its connections until HAProxy
+        closes them: the agent must still act on what they bring (here the mirror agent
+        replays a request that arrives after the soft-stop began)."""
+        got = []
+
+        class Target(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                got.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        target = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Target)
+        threading.Thread(target=target.serve_forever, daemon=True).start()
+        self.addCleanup(target.shutdown)
+        port = harness.free_port()
+        sock = self.env.path("master.sock")
+        path = self.env.write("cfg.yaml", """
+global:
+  grace: 10s
+  handover: 10s
+cli:
+  socket: %s
+agents:
+  - name: m
+    type: mirror
+    listen: 127.0.0.1:%d
+    targets:
+      - url: http://127.0.0.1:%d
+""" % (sock, port, target.server_address[1]))
+        env = {"HAPROXY_MWORKER": "1"}
+        old = self.env.spoad(path, env=env, name="old")
+        self.assertTrue(harness.wait_for(lambda: os.path.exists(sock) and harness.port_open(port)))
+        c = spop.Client(("127.0.0.1", port))
+        c.handshake()
+        old.send_signal(signal.SIGUSR1)
+        # The successor takes the control socket over: the old spoad soft-stops in wait mode.
+        new = self.env.spoad(path, env=env, name="new")
+        self.assertTrue(harness.wait_for(lambda: "the new spoad serves" in old.output()),
+                        old.output())
+        time.sleep(0.3)  # the worker got its soft-stop
+        c.send(spop.notify(1, 1, [("mirror", [("arg_method", "GET"), ("arg_path", "/late")])]))
+        f = c.recv_frame()
+        self.assertEqual((f.type, f.sid), (spop.ACK, 1))
+        self.assertTrue(harness.wait_for(lambda: got == ["/late"]), got)
+        self.assertTrue(old.alive(), "the old spoad left with a connection open")
+        c.close()
+        self.assertEqual(old.wait(5), 0, old.output())
+        self.assertTrue(new.alive())
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "agents/tracing/test_http_server.h"
+#include "tests/unit/test_http_server.h"
 
 namespace spoad::http {
 namespace {

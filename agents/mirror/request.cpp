@@ -1,0 +1,235 @@
+#include "agents/mirror/request.h"
+
+#include <cstdint>
+
+#include "spop/varint.h"
+
+namespace spoad::agents::mirror {
+
+namespace {
+
+bool is_tchar(unsigned char c) {
+  // RFC 9110 5.6.2: token = 1*tchar
+  if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
+  switch (c) {
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool is_token(std::string_view s) {
+  if (s.empty()) return false;
+  for (unsigned char c : s)
+    if (!is_tchar(c)) return false;
+  return true;
+}
+
+bool value_ok(std::string_view v) {
+  for (char c : v)
+    if (c == '\r' || c == '\n' || c == '\0') return false;
+  return true;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+    s.remove_suffix(1);
+  return s;
+}
+
+char lower(char c) {
+  return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+}
+
+// Reads <varint length><bytes> at `*pos`; false if truncated or the varint is bad.
+bool read_str(std::string_view in, size_t* pos, std::string_view* out) {
+  uint64_t len = 0;
+  const int n = spop::decode_varint(
+      spop::Bytes(reinterpret_cast<const uint8_t*>(in.data()) + *pos, in.size() - *pos), &len);
+  if (n <= 0) return false;
+  *pos += static_cast<size_t>(n);
+  if (len > in.size() - *pos) return false;
+  *out = in.substr(*pos, static_cast<size_t>(len));
+  *pos += static_cast<size_t>(len);
+  return true;
+}
+
+bool contains_name(const std::vector<std::string_view>& names, std::string_view n) {
+  for (std::string_view x : names)
+    if (iequals(x, n)) return true;
+  return false;
+}
+
+}  // namespace
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (lower(a[i]) != lower(b[i])) return false;
+  return true;
+}
+
+std::string decode_hdrs_bin(std::string_view in, std::vector<Header>* out) {
+  out->clear();
+  size_t pos = 0;
+  while (pos < in.size()) {
+    Header h;
+    if (!read_str(in, &pos, &h.name)) return "truncated or malformed header name length";
+    if (!read_str(in, &pos, &h.value)) return "truncated or malformed header value";
+    if (h.name.empty()) {
+      if (!h.value.empty()) return "empty header name with a value";
+      if (pos != in.size()) return "bytes after the end of the header list";
+      return {};
+    }
+    if (!is_token(h.name)) return "invalid header name";
+    if (!value_ok(h.value)) return "CR, LF or NUL in a header value";
+    out->push_back(h);
+  }
+  return {};
+}
+
+std::string decode_hdrs_text(std::string_view in, std::vector<Header>* out) {
+  out->clear();
+  while (!in.empty()) {
+    const size_t nl = in.find('\n');
+    std::string_view line = in.substr(0, nl);
+    in = nl == std::string_view::npos ? std::string_view() : in.substr(nl + 1);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) break;  // the end of the header block
+    const size_t colon = line.find(':');
+    if (colon == std::string_view::npos) return "header line without ':'";
+    Header h{line.substr(0, colon), trim(line.substr(colon + 1))};
+    if (!is_token(h.name)) return "invalid header name";
+    if (!value_ok(h.value)) return "CR or NUL in a header value";
+    out->push_back(h);
+  }
+  return {};
+}
+
+bool request_target(std::string_view url, std::string* out) {
+  for (char c : url)
+    if (c == '\r' || c == '\n' || c == '\0' || c == ' ' || c == '\t') return false;
+  if (url == "*" || (!url.empty() && url.front() == '/')) {
+    *out = url;
+    return true;
+  }
+  // absolute-form: scheme "://" authority [ path-abempty ] [ "?" query ]
+  const size_t sep = url.find("://");
+  if (sep == std::string_view::npos || sep == 0) return false;
+  for (char c : url.substr(0, sep))
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' ||
+          c == '-' || c == '.'))
+      return false;
+  const std::string_view rest = url.substr(sep + 3);
+  const size_t path = rest.find_first_of("/?#");
+  if (path == std::string_view::npos || rest[path] == '#') {
+    *out = "/";
+    return true;
+  }
+  *out = rest[path] == '?' ? "/" : "";  // "http://h?x": an empty path means "/"
+  out->append(rest.substr(path));
+  return true;
+}
+
+bool is_hop_by_hop(std::string_view n) {
+  static constexpr std::string_view kNames[] = {"connection",
+                                                "keep-alive",
+                                                "proxy-connection",
+                                                "te",
+                                                "trailer",
+                                                "transfer-encoding",
+                                                "upgrade",
+                                                "http2-settings",
+                                                "proxy-authorization",
+                                                "proxy-authenticate",
+                                                "expect",
+                                                "content-length"};
+  for (std::string_view k : kNames)
+    if (iequals(n, k)) return true;
+  return false;
+}
+
+ReplayHeaders build_headers(std::string_view method, const std::vector<Header>& headers,
+                            size_t body_size, const HeaderRules& rules) {
+  ReplayHeaders r;
+  // Headers the Connection header names are hop-by-hop too (RFC 9110 7.6.1).
+  std::vector<std::string_view> connection_named;
+  bool announced_body = false;
+  for (const Header& h : headers) {
+    if (iequals(h.name, "connection")) {
+      std::string_view v = h.value;
+      while (!v.empty()) {
+        const size_t comma = v.find(',');
+        const std::string_view tok = trim(v.substr(0, comma));
+        if (!tok.empty()) connection_named.push_back(tok);
+        v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
+      }
+    } else if (iequals(h.name, "content-length")) {
+      announced_body = true;
+      const std::string_view v = trim(h.value);
+      long long n = 0;
+      bool ok = !v.empty() && v.size() <= 18;
+      for (char c : v) {
+        if (c < '0' || c > '9') {
+          ok = false;
+          break;
+        }
+        n = n * 10 + (c - '0');
+      }
+      r.content_length = ok ? n : -1;
+    } else if (iequals(h.name, "transfer-encoding")) {
+      announced_body = true;
+    }
+  }
+
+  bool has_accept = false, has_content_type = false;
+  for (const Header& h : headers) {
+    if (is_hop_by_hop(h.name) || contains_name(connection_named, h.name)) continue;
+    if (!rules.keep_host && iequals(h.name, "host")) continue;
+    bool removed = false;
+    for (const std::string& x : rules.remove)
+      if (iequals(x, h.name)) removed = true;
+    if (removed) continue;
+    if (iequals(h.name, "accept")) has_accept = true;
+    if (iequals(h.name, "content-type")) has_content_type = true;
+    std::string line(h.name);
+    if (h.value.empty()) {
+      line += ';';
+    } else {
+      line += ": ";
+      line += h.value;
+    }
+    r.lines.push_back(std::move(line));
+  }
+  for (const auto& [name, value] : rules.add) {
+    if (iequals(name, "accept")) has_accept = true;
+    if (iequals(name, "content-type")) has_content_type = true;
+    r.lines.push_back(value.empty() ? name + ";" : name + ": " + value);
+  }
+
+  const bool always_body = method == "POST" || method == "PUT" || method == "PATCH";
+  r.has_body = method != "HEAD" && (always_body || body_size > 0 || announced_body);
+  if (!has_accept) r.lines.push_back("Accept:");
+  if (r.has_body && !has_content_type) r.lines.push_back("Content-Type:");
+  r.lines.push_back("Expect:");
+  return r;
+}
+
+}  // namespace spoad::agents::mirror
