@@ -7,6 +7,9 @@
            spoad, as a ratio of req/s to the same HAProxy frontend without SPOE, same run.
   memory   RSS of an idle spoad; load time and RSS with 1,000,000 deny prefixes; lookup
            latency from ip-checker-bench.
+  mirror   wrk -> HAProxy 2.6 (nbthread 1) -> backend, every request mirrored by spoad to a
+           local target, as a ratio of req/s to the same path without SPOE, same run; and the
+           p99 added when the target is down.
 
 The machines are shared and noisy: every figure is a median of several rounds, and the
 comparisons are ratios against a baseline measured in the same run.
@@ -28,14 +31,6 @@ import harness  # noqa: E402
 BUILD = os.environ.get("BUILD_DIR", os.path.join(harness.SOURCE_ROOT, "build"))
 SPOA_BENCH = os.path.join(BUILD, "cmd", "spoa-bench", "spoa-bench")
 IPC_BENCH = os.path.join(BUILD, "agents", "ip-checker", "ip-checker-bench")
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def children(pid):
@@ -110,7 +105,7 @@ agents:
         fig("agent.ratio_ip_checker_to_echo",
             "%.2f" % (med(ip_runs, "frames_per_s") / med(echo_runs, "frames_per_s")), "")
         fig("agent.errors", errors, "", "must be 0")
-        fig("agent.worker_rss_after", max(rss_kib(k) for k in children(spoad.pid)) // 1024,
+        fig("agent.worker_rss_after", max(harness.rss_kib(k) for k in children(spoad.pid)) // 1024,
             "MiB")
     finally:
         env.stop()
@@ -220,9 +215,9 @@ agents:
         harness.wait_for(lambda: harness.port_open(port))
         time.sleep(0.5)
         kids = children(idle.pid)
-        fig("memory.idle_worker_rss", "%.1f" % (max(rss_kib(k) for k in kids) / 1024), "MiB",
+        fig("memory.idle_worker_rss", "%.1f" % (max(harness.rss_kib(k) for k in kids) / 1024), "MiB",
             "target <= 8")
-        fig("memory.master_rss", "%.1f" % (rss_kib(idle.pid) / 1024), "MiB")
+        fig("memory.master_rss", "%.1f" % (harness.rss_kib(idle.pid) / 1024), "MiB")
         idle.stop()
 
         rng = random.Random(1)
@@ -250,7 +245,7 @@ agents:
         load_s = time.time() - t0
         time.sleep(0.5)
         fig("memory.million_prefixes_worker_rss",
-            "%.1f" % (max(rss_kib(k) for k in children(big.pid)) / 1024), "MiB", "target <= 64")
+            "%.1f" % (max(harness.rss_kib(k) for k in children(big.pid)) / 1024), "MiB", "target <= 64")
         fig("memory.million_prefixes_start", int(load_s * 1000), "ms",
             "process start to listening, list load included; target < 2000")
         big.stop()
@@ -420,10 +415,155 @@ agents:
         env.stop()
 
 
+MIRROR_HAPROXY = """
+global
+    nbthread 1
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend mirror
+    bind 127.0.0.1:%(fe_mirror)d
+    option http-buffer-request
+    filter spoe engine mirror config %(spoe_up)s
+    default_backend app
+frontend mirror_down
+    bind 127.0.0.1:%(fe_down)d
+    option http-buffer-request
+    filter spoe engine mirror config %(spoe_down)s
+    default_backend app
+frontend plain
+    bind 127.0.0.1:%(fe_plain)d
+    option http-buffer-request
+    default_backend app
+backend app
+    http-reuse always
+    server app 127.0.0.1:%(app)d
+backend spoe-mirror
+    mode tcp
+    timeout connect 1s
+    timeout server 3m
+    server spoad 127.0.0.1:%(agent_up)d
+backend spoe-mirror-down
+    mode tcp
+    timeout connect 1s
+    timeout server 3m
+    server spoad 127.0.0.1:%(agent_down)d
+frontend server
+    bind 127.0.0.1:%(app)d
+    http-request return status 200 content-type text/plain string "ok"
+"""
+
+# The mirror target: a separate HAProxy process (its own thread), so that the replays do not
+# take the measured HAProxy's only thread; the Python target would be the bottleneck.
+MIRROR_TARGET = """
+global
+    nbthread 1
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend target
+    bind 127.0.0.1:%(target)d
+    http-request return status 200 content-type text/plain string "mirrored"
+"""
+
+
+def bench_mirror(rounds, seconds):
+    print("== mirror: wrk -> HAProxy 2.6 (nbthread 1) -> backend, every request mirrored by "
+          "spoad (one worker) to a target (a second HAProxy, http-request return)")
+    env = harness.Env("bench-mirror")
+    try:
+        agent_up, agent_down = harness.free_port(), harness.free_port()
+        dead = harness.free_port()  # nothing listens there
+        p = {"fe_mirror": harness.free_port(), "fe_down": harness.free_port(),
+             "fe_plain": harness.free_port(), "app": harness.free_port(),
+             "target": harness.free_port(), "agent_up": agent_up, "agent_down": agent_down,
+             "spoe_up": os.path.join(harness.CONFIG_DIR, "spoe-mirror.cfg")}
+        with open(p["spoe_up"]) as f:
+            spoe = f.read()
+        down = spoe.replace("use-backend spoe-mirror\n", "use-backend spoe-mirror-down\n")
+        if down == spoe:
+            raise RuntimeError("config/spoe-mirror.cfg: no `use-backend spoe-mirror` line")
+        p["spoe_down"] = env.write("spoe-mirror-down.cfg", down)
+        sock = env.path("master.sock")
+        cfg = env.write("spoad.yaml", """
+cli:
+  socket: %s
+agents:
+  - name: mirror
+    type: mirror
+    listen: 127.0.0.1:%d
+    workers: 1
+    targets:
+      - url: http://127.0.0.1:%d
+  - name: mirror-down
+    type: mirror
+    listen: 127.0.0.1:%d
+    workers: 1
+    targets:
+      - url: http://127.0.0.1:%d
+""" % (sock, agent_up, p["target"], agent_down, dead))
+        env.spoad(cfg, args=["-l", "warn"])
+        harness.wait_for(lambda: harness.port_open(agent_up) and harness.port_open(agent_down))
+        env.haproxy(env.write("target.cfg", MIRROR_TARGET % p), name="haproxy-target")
+        env.haproxy(env.write("haproxy.cfg", MIRROR_HAPROXY % p))
+        harness.wait_for(lambda: all(harness.port_open(p[k]) for k in (
+            "fe_mirror", "fe_down", "fe_plain", "target")))
+
+        def counters(rel):
+            j = json.loads(cli(sock, "@%d show stat json" % rel))
+            return next(iter(v for v in j.values() if isinstance(v, dict)
+                             and "agent_stats" in v))["agent_stats"]
+
+        wrk(p["fe_mirror"], 1, 16)  # warm-up: HAProxy's connections to the agents are open
+        wrk(p["fe_down"], 1, 16)
+        before = counters(1)
+        mirror, plain, bad, p99_down, p99_plain = [], [], 0, [], []
+        for _ in range(rounds):
+            a, na, ea, _ = wrk(p["fe_mirror"], seconds, 32)
+            b, nb, eb, _ = wrk(p["fe_plain"], seconds, 32)
+            mirror.append(a)
+            plain.append(b)
+            # Latency at a modest load (8 connections): target down vs no SPOE.
+            _, nc, ec, pc = wrk(p["fe_down"], seconds, 8)
+            _, nd, ed, pd = wrk(p["fe_plain"], seconds, 8)
+            p99_down.append(pc)
+            p99_plain.append(pd)
+            bad += na + ea + nb + eb + nc + ec + nd + ed
+        time.sleep(1)
+        after, down = counters(1), counters(2)
+        med = statistics.median
+        msgs = after["messages"] - before["messages"]
+        sent = after["sent"] - before["sent"]
+        fig("mirror.req_per_s", int(med(mirror)), "/s", "every request mirrored")
+        fig("mirror.no_spoe_req_per_s", int(med(plain)), "/s", "baseline, same run")
+        fig("mirror.ratio", "%.2f" % (med(mirror) / med(plain)), "",
+            "target >= 0.40 (median of %d)" % rounds)
+        fig("mirror.replayed_share", "%.3f" % (sent / msgs if msgs else 0), "",
+            "%d of %d messages got the target's answer; dropped_limit %d, failed %d" % (
+                sent, msgs, after["dropped_limit"] - before["dropped_limit"],
+                sum(after[k] - before[k] for k in ("failed_connect", "failed_timeout",
+                                                    "failed_tls", "failed_other"))))
+        fig("mirror.replay_latency_avg", after["latency_avg_us"], "us",
+            "max %d us" % after["latency_max_us"])
+        fig("mirror.target_down_p99", "%.0f" % med(p99_down), "us", "wrk -c 8")
+        fig("mirror.no_spoe_p99", "%.0f" % med(p99_plain), "us", "wrk -c 8, same run")
+        fig("mirror.target_down_added_p99", "%.0f" % (med(p99_down) - med(p99_plain)), "us",
+            "target <= 1000 (median p99s)")
+        fig("mirror.target_down_failed_connect", down["failed_connect"], "",
+            "of %d messages" % down["messages"])
+        fig("mirror.failed_or_non2xx", bad, "", "must be 0")
+    finally:
+        env.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("which", nargs="*",
-                    default=["agent", "e2e", "memory", "reload", "tracing"])
+                    default=["agent", "e2e", "memory", "reload", "tracing", "mirror"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     a = ap.parse_args()
@@ -432,7 +572,8 @@ def main():
          "e2e": lambda: bench_e2e(a.rounds, a.seconds),
          "memory": bench_memory,
          "reload": lambda: bench_reload(max(10, a.rounds)),
-         "tracing": lambda: bench_tracing(a.rounds, a.seconds)}[w]()
+         "tracing": lambda: bench_tracing(a.rounds, a.seconds),
+         "mirror": lambda: bench_mirror(a.rounds, a.seconds)}[w]()
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ std::unique_ptr<agent::AgentOptions> parse(config::Options& o) {
   }
 
   opts->connect_timeout_ms = o.duration_ms("connect-timeout", 1000, 1, 60'000);
-  opts->timeout_ms = o.duration_ms("timeout", 5000, 1, 600'000);
+  opts->timeout_ms = o.duration_ms("replay-timeout", 5000, 1, 600'000);
   opts->max_replays = static_cast<uint32_t>(o.integer("max-replays", 256, 1, 100'000));
   opts->max_body = o.size("max-body", 1 << 20, 0, uint64_t{1} << 30);
   const std::string ver = o.str("http-version", "1.1");

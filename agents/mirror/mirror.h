@@ -50,7 +50,7 @@ struct MirrorOptions : agent::AgentOptions {
   std::vector<Target> targets;     // at least one
   HeaderRules headers;             // host: keep|target, add-headers, remove-headers
   uint64_t connect_timeout_ms = 1000;
-  uint64_t timeout_ms = 5000;   // the whole replay
+  uint64_t timeout_ms = 5000;   // replay-timeout: the whole replay
   uint32_t max_replays = 256;   // in flight per worker, all targets together
   uint64_t max_body = 1 << 20;  // bytes; larger bodies are not replayed
   long http_version = CURL_HTTP_VERSION_1_1;
@@ -67,7 +67,7 @@ class MirrorAgent : public agent::Agent {
     uint64_t replays_started = 0;          // handed to curl
     uint64_t sent = 0;                     // replays that got an HTTP response (any status)
     uint64_t failed_connect = 0;           // could not resolve or connect
-    uint64_t failed_timeout = 0;           // connect-timeout or timeout
+    uint64_t failed_timeout = 0;           // connect-timeout or replay-timeout
     uint64_t failed_tls = 0;               // TLS handshake or certificate
     uint64_t failed_other = 0;             // sent, but no valid response (reset, garbage, ...)
     uint64_t dropped_limit = 0;            // max-replays in flight already
@@ -88,8 +88,9 @@ class MirrorAgent : public agent::Agent {
   // Fire and forget: never touches `reply` (the ACK has no action).
   void on_message(const spop::Message& msg, agent::Reply& reply) override;
   void start() override;
-  // Takes no new replay; `done` runs once the replays in flight completed (each is bounded by
-  // timeout) and curl's connections are closed.
+  // Called after the worker's last connection closed. Takes no new replay; `done` runs once
+  // the replays in flight completed (each bounded by replay-timeout) and curl's connections
+  // are closed.
   void stop(std::function<void()> done) override;
   void stats(nlohmann::json& out) const override;
 

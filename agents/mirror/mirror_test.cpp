@@ -257,7 +257,7 @@ TEST(MirrorAgent, InFlightBoundAndTimeout) {
     r.hold = true;  // never answers
     return r;
   });
-  Mirror m(loop.get(), target_yaml(srv, "max-replays: 3\ntimeout: 300ms\n"));
+  Mirror m(loop.get(), target_yaml(srv, "max-replays: 3\nreplay-timeout: 300ms\n"));
   for (int i = 0; i < 10; ++i)
     m.send({S("arg_method", "GET"), S("arg_path", "/slow")});
   EXPECT_EQ(m.stats().in_flight, 3u);

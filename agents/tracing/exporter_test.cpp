@@ -20,8 +20,8 @@
 #include <string>
 #include <vector>
 
-#include "tests/unit/test_http_server.h"
 #include "config/options.h"
+#include "tests/unit/test_http_server.h"
 #include "util/log.h"
 #include "version.h"
 

@@ -56,6 +56,15 @@ def port_open(port, host="127.0.0.1"):
         return False
 
 
+def rss_kib(pid):
+    """Resident memory of process `pid` in KiB (VmRSS), 0 if unknown."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def pid_alive(pid):
     """True if `pid` exists and is not a zombie (checked through /proc)."""
     try:
@@ -164,6 +173,8 @@ def shipped_env(env, **overrides):
         "HAPROXY_BIND": "127.0.0.1:%d" % free_port(),
         "HAPROXY_STATS_SOCKET": env.path("haproxy.sock"),
         "APP_ADDR": "127.0.0.1:%d" % free_port(),
+        "SPOAD_MIRROR_ADDR": "127.0.0.1:%d" % free_port(),
+        "MIRROR_TARGET_ADDR": "127.0.0.1:%d" % free_port(),
         "SPOE_DIR": CONFIG_DIR,
     }
     v.update(overrides)

@@ -113,6 +113,18 @@ agents:
       - name: live
         score: 100
         file: %(list)s
+  # The other agents config/haproxy.cfg talks to (HAProxy 2.6 stalls a request when the
+  # second SPOE filter of an event finds its agent's port closed, see haproxy.cfg).
+  - name: tracing
+    type: tracing
+    listen: %(tracing)s
+    exporter:
+      type: none
+  - name: mirror
+    type: mirror
+    listen: %(mirror)s
+    targets:
+      - url: http://%(mirror_target)s
 """
 
 
@@ -125,6 +137,8 @@ class ListReload(unittest.TestCase):
         p = {"agent": harness.free_port(), "list": env.path("live.txt"), "watch": watch}
         self.write_list(p["list"], "192.0.2.0/24\n")
         v = harness.shipped_env(env, SPOAD_IPREP_ADDR="127.0.0.1:%d" % p["agent"])
+        p.update(tracing=v["SPOAD_TRACING_ADDR"], mirror=v["SPOAD_MIRROR_ADDR"],
+                 mirror_target=v["MIRROR_TARGET_ADDR"])
         fe = harness.port_of(v["HAPROXY_BIND"])
         spoad = env.spoad(env.write("spoad.yaml", RELOAD_SPOAD % p))
         self.assertTrue(harness.wait_for(lambda: harness.port_open(p["agent"])), env.dump_logs())

@@ -56,11 +56,11 @@ class ReloadUnderLoad(Base):
     name = "reload-load"
 
     def test_20_reloads_under_http_load(self):
-        # config/spoad.yaml: 2 ip-checker workers and 2 tracing workers.
+        # config/spoad.yaml: 2 ip-checker workers, 2 tracing workers and 2 mirror workers.
         v = harness.shipped_env(self.env, SPOAD_CLI_SOCKET=self.sock)
         fe = harness.port_of(v["HAPROXY_BIND"])
         spoad = self.env.spoad(os.path.join(harness.CONFIG_DIR, "spoad.yaml"), env=v)
-        sp = sv.wait_pool(self.sock, 4, proc=spoad)
+        sp = sv.wait_pool(self.sock, 6, proc=spoad)
         self.tracker.add_proc(sp)
         self.assertIsNotNone(sp, self.logs())
         self.env.haproxy(os.path.join(harness.CONFIG_DIR, "haproxy.cfg"), env=v)
@@ -84,11 +84,12 @@ class ReloadUnderLoad(Base):
                     self.assertFalse(sp.pids() & prev, (i, "old workers still current", sp.text))
                 else:
                     spoad.send_signal(signal.SIGUSR2)
-                    sp = self.wait_generation(i, prev, 4)
+                    sp = self.wait_generation(i, prev, 6)
                     self.assertIsNotNone(sp, (i, "SIGUSR2 reload not done", self.logs()))
-                self.assertEqual(len(sp.workers), 4, sp.text)
+                self.assertEqual(len(sp.workers), 6, sp.text)
                 self.assertEqual([r.type for r in sp.workers],
-                                 ["iprep", "iprep", "tracing", "tracing"], sp.text)
+                                 ["iprep", "iprep", "tracing", "tracing", "mirror", "mirror"],
+                                 sp.text)
                 self.assertTrue(all(r.reloads == 0 for r in sp.workers), sp.text)
                 old |= prev
                 # Let some traffic reach the new generation before the next reload.

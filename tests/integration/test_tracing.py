@@ -20,14 +20,6 @@ import harness  # noqa: E402
 import otlp  # noqa: E402
 import supervisor as sv  # noqa: E402
 
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 TREE = {  # span -> (parent, follows from)
     "HAProxy session": (None, False),
     "Client session": ("HAProxy session", False),
@@ -301,7 +293,7 @@ class FullTree(unittest.TestCase):
         # 2700 spans for a 8192-span queue: nothing dropped yet, but nothing exported either;
         # they wait, bounded.
         self.assertGreater(st["spans_queued"] + st["spans_dropped"], 0, st)
-        rss = [rss_kib(p) for p in self.s_workers()]
+        rss = [harness.rss_kib(p) for p in self.s_workers()]
         self.assertTrue(all(0 < r < 64 * 1024 for r in rss), rss)
         self.s.receiver.start()
         run_load(self.s, 50, prefix="/back")
