@@ -224,8 +224,7 @@ namespace {
 std::unique_ptr<agent::AgentOptions> parse(config::Options& o) {
   auto opts = std::make_unique<TracingOptions>();
   opts->sampling = o.number("sampling", 1.0, 0.0, 1.0);
-  opts->env_warnings =
-      apply_otel_env(opts->exporter, [](const char* k) { return std::getenv(k); });
+  opts->env_warnings = apply_otel_env(opts->exporter, [](const char* k) { return std::getenv(k); });
   config::Options ex = o.map("exporter");
   parse_exporter_options(ex, &opts->exporter);
   ex.check_unknown();
@@ -249,7 +248,8 @@ TracingAgent::~TracingAgent() = default;
 
 void TracingAgent::start() {
   if (ctx_.log)
-    for (const std::string& w : opts_.env_warnings) ctx_.log->warn("{}", w);
+    for (const std::string& w : opts_.env_warnings)
+      ctx_.log->warn("{}", w);
   if (ctx_.loop && !exporter_)
     exporter_ = std::make_unique<SpanExporter>(ctx_.loop, opts_.exporter, ctx_.log);
 }
