@@ -4,35 +4,11 @@
 
 #include <algorithm>
 
+#include "spop/reader.h"
+
 namespace spoad::agents::echo {
 
 namespace {
-
-const char* type_name(spop::DataType t) {
-  switch (t) {
-    case spop::DataType::kNull:
-      return "null";
-    case spop::DataType::kBool:
-      return "bool";
-    case spop::DataType::kInt32:
-      return "int32";
-    case spop::DataType::kUint32:
-      return "uint32";
-    case spop::DataType::kInt64:
-      return "int64";
-    case spop::DataType::kUint64:
-      return "uint64";
-    case spop::DataType::kIpv4:
-      return "ipv4";
-    case spop::DataType::kIpv6:
-      return "ipv6";
-    case spop::DataType::kString:
-      return "str";
-    case spop::DataType::kBinary:
-      return "bin";
-  }
-  return "?";
-}
 
 spop::Scope parse_scope(config::Options& o) {
   const std::string s = o.str("scope", "txn");
@@ -106,7 +82,7 @@ void EchoAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
       delay = static_cast<uint64_t>(std::max<int64_t>(0, v.as_int64()));
       continue;
     }
-    reply.set_var(sc, name + "_type", spop::Value::String(type_name(v.type)));
+    reply.set_var(sc, name + "_type", spop::Value::String(spop::type_name(v.type)));
     if (v.type == spop::DataType::kString || v.type == spop::DataType::kBinary) {
       reply.set_var(sc, name + "_len", spop::Value::Int64(static_cast<int64_t>(v.bytes.size())));
       reply.set_var(sc, name + "_sha256", spop::Value::String(sha256_hex(v.bytes)));

@@ -135,32 +135,6 @@ std::string format_time(int64_t ms) {
   return buf;
 }
 
-const char* type_name(spop::DataType t) {
-  switch (t) {
-    case spop::DataType::kNull:
-      return "null";
-    case spop::DataType::kBool:
-      return "bool";
-    case spop::DataType::kInt32:
-      return "int32";
-    case spop::DataType::kUint32:
-      return "uint32";
-    case spop::DataType::kInt64:
-      return "int64";
-    case spop::DataType::kUint64:
-      return "uint64";
-    case spop::DataType::kIpv4:
-      return "ipv4";
-    case spop::DataType::kIpv6:
-      return "ipv6";
-    case spop::DataType::kString:
-      return "str";
-    case spop::DataType::kBinary:
-      return "bin";
-  }
-  return "?";
-}
-
 // The address held by `v`, or false with *why.
 bool address_of(const spop::Value& v, Address* a, std::string* why) {
   switch (v.type) {
@@ -182,8 +156,8 @@ bool address_of(const spop::Value& v, Address* a, std::string* why) {
     default:
       break;
   }
-  *why =
-      std::string("type ") + type_name(v.type) + " is not an address (expected ipv4, ipv6 or str)";
+  *why = std::string("type ") + spop::type_name(v.type) +
+         " is not an address (expected ipv4, ipv6 or str)";
   return false;
 }
 

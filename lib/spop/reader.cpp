@@ -174,4 +174,30 @@ std::optional<KV> arg_at(const Message& msg, size_t index) {
   return std::nullopt;
 }
 
+const char* type_name(DataType t) {
+  switch (t) {
+    case DataType::kNull:
+      return "null";
+    case DataType::kBool:
+      return "bool";
+    case DataType::kInt32:
+      return "int32";
+    case DataType::kUint32:
+      return "uint32";
+    case DataType::kInt64:
+      return "int64";
+    case DataType::kUint64:
+      return "uint64";
+    case DataType::kIpv4:
+      return "ipv4";
+    case DataType::kIpv6:
+      return "ipv6";
+    case DataType::kString:
+      return "str";
+    case DataType::kBinary:
+      return "bin";
+  }
+  return "?";
+}
+
 }  // namespace spoad::spop

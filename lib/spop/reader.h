@@ -42,6 +42,10 @@ class Reader {
   Result error_;
 };
 
+// The short name of a data type (SPOE.txt 3.1): null, bool, int32, uint32, int64, uint64,
+// ipv4, ipv6, str, bin (the spellings of spoa-bench's --arg); "?" for a reserved one.
+const char* type_name(DataType t);
+
 // Iteration over the arguments of a Message decoded by validate_notify() (frames.h).
 class ArgIterator {
  public:
