@@ -45,10 +45,12 @@ def spoad_version():
 
 
 def iprep_agent(port, workers=2, name="iprep", extra=""):
-    """An ip-checker agent with the demo lists (absolute paths to config/lists)."""
+    """An ip-checker agent with the demo lists (absolute paths to config/lists). `port` is a
+    port on 127.0.0.1, or any `listen` value as a string."""
+    listen = port if isinstance(port, str) else "127.0.0.1:%d" % port
     return """  - name: %(name)s
     type: ip-checker
-    listen: 127.0.0.1:%(port)d
+    listen: %(listen)s
     workers: %(workers)d
     message: check-client-ip
     block-threshold: 50
@@ -62,7 +64,7 @@ def iprep_agent(port, workers=2, name="iprep", extra=""):
       - name: suspicious
         score: 30
         file: %(lists)s/suspicious.netset
-%(extra)s""" % {"name": name, "port": port, "workers": workers, "extra": extra,
+%(extra)s""" % {"name": name, "listen": listen, "workers": workers, "extra": extra,
                 "lists": os.path.join(harness.CONFIG_DIR, "lists")}
 
 

@@ -29,23 +29,7 @@ global:
 cli:
   socket: "${SPOAD_CLI_SOCKET}"
 agents:
-  - name: iprep
-    type: ip-checker
-    listen: "${SPOAD_IPREP_ADDR-127.0.0.1:12345}"
-    workers: 2
-    message: check-client-ip
-    block-threshold: 50
-    allow:
-      - name: office
-        entries: [127.0.10.5]
-    deny:
-      - name: demo-drop
-        score: 100
-        file: %(lists)s/demo-drop.txt
-      - name: suspicious
-        score: 30
-        file: %(lists)s/suspicious.netset
-"""
+%(agent)s"""
 
 HAPROXY_CFG = """
 global
@@ -149,7 +133,8 @@ class ProgramSection(unittest.TestCase):
         self.hsock = self.env.path("haproxy-master.sock")
         pidfile = self.env.path("spoad.pid")
         yaml = self.env.write("spoad.yaml", SPOAD_YAML % {
-            "grace": GRACE_S, "lists": os.path.join(harness.CONFIG_DIR, "lists")})
+            "grace": GRACE_S,
+            "agent": sv.iprep_agent('"${SPOAD_IPREP_ADDR-127.0.0.1:12345}"', 2)})
         cfg = self.env.write("haproxy.cfg", HAPROXY_CFG % {
             "stats": self.env.path("haproxy.sock"), "spoad": harness.SPOAD, "yaml": yaml,
             "pidfile": pidfile, "fe": fe, "agent": agent,
