@@ -23,8 +23,11 @@ namespace {
 
 using spoad::config::Config;
 
+// The same checks as a start: parse_config (done by the caller) is what the master and each
+// worker run on the same bytes (the channel carries them unchanged), and each agent is built
+// as a worker builds it, which loads its lists and files. Only what needs the running system
+// (binding the addresses) is left to the start.
 int check_config(const Config& cfg) {
-  // Build every agent without a loop: this loads their lists and files as a start would.
   for (const auto& ac : cfg.agents) {
     spoad::agent::Context ctx;
     ctx.name = ac.name;
@@ -32,8 +35,9 @@ int check_config(const Config& cfg) {
     try {
       ac.agent_type->create(ctx, *ac.options);
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "%s:%d: agents: %s: %s\n", cfg.file.c_str(), ac.line, ac.name.c_str(),
-                   e.what());
+      // Worded as a worker that cannot start reports it (supervisor/worker_process.cpp).
+      const spoad::config::ConfigError err(cfg.file, ac.line, "agents", ac.name + ": " + e.what());
+      std::fprintf(stderr, "%s\n", err.what());
       return 1;
     }
   }
@@ -83,7 +87,7 @@ int main(int argc, char** argv) {
   try {
     text = spoad::config::read_text(mo.config_path);
     cfg = spoad::config::parse_config(text, mo.config_path);
-  } catch (const spoad::config::ConfigError& e) {
+  } catch (const std::exception& e) {  // ConfigError, or anything else the parser throws
     std::fprintf(stderr, "%s\n", e.what());
     return 1;
   }

@@ -91,7 +91,8 @@ std::string info_json(const Fields& fields, int process_num) {
     arr.push_back(
         {{"field", {{"pos", pos++}, {"name", name}}}, {"processNum", process_num}, {"value", v}});
   }
-  return arr.dump(2) + "\n";
+  // Strings may hold any bytes (a unix socket path): ill-formed UTF-8 becomes U+FFFD.
+  return arr.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 std::string stat_csv(const std::vector<Fields>& rows) {

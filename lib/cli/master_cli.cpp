@@ -1,28 +1,22 @@
 #include "cli/master_cli.h"
 
+#include <unistd.h>
+
 #include <stdexcept>
+#include <utility>
+
+#include "util/escape.h"
+#include "util/log.h"
 
 namespace spoad::cli {
 
 namespace {
 
-// One queued command: its words, and whether it came with a routing prefix.
+// One queued command: its words and what it counts against Limits::max_queued (bytes).
 struct Pending {
   Words words;
+  size_t cost = 0;
 };
-
-std::string join(const Words& w, size_t from) {
-  std::string s;
-  for (size_t i = from; i < w.size(); ++i) {
-    if (i > from) s += ' ';
-    // Keep the worker's view of the words: escape what split_commands would split on.
-    for (char c : w[i]) {
-      if (c == ';' || c == ' ' || c == '\t' || c == '\\') s += '\\';
-      s += c;
-    }
-  }
-  return s;
-}
 
 }  // namespace
 
@@ -59,7 +53,11 @@ class MasterCli::Session {
 
   void touch() { uv_timer_start(&timer_, on_idle, kIdleTimeoutMs, 0); }
 
-  static void on_idle(uv_timer_t* t) { static_cast<Session*>(t->data)->close(); }
+  static void on_idle(uv_timer_t* t) {
+    auto* s = static_cast<Session*>(t->data);
+    ++s->cli_.stats_.idle_timeouts;
+    s->close();
+  }
 
   static void on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
     auto* s = static_cast<Session*>(h->data);
@@ -79,25 +77,63 @@ class MasterCli::Session {
     }
     s->touch();
     s->in_.append(s->rbuf_, static_cast<size_t>(n));
-    size_t nl;
-    while (!s->closed_ && !s->stop_reading_ && (nl = s->in_.find('\n')) != std::string::npos) {
-      std::string line = s->in_.substr(0, nl);
-      s->in_.erase(0, nl + 1);
-      s->take_line(line);
-    }
-    if (s->in_.size() > kMaxLine) {
-      s->write("Command line too long.\n");
-      s->finish();
-      return;
-    }
-    s->run();
+    s->take_lines();
   }
 
-  void take_line(const std::string& line) {
+  // Runs the whole lines received, as long as nothing waits; queues them behind a command in
+  // flight, within the budgets.
+  void take_lines() {
+    const Limits& lim = cli_.limits_;
+    size_t start = 0, nl;
+    while (!closed_ && !stop_reading_ && (nl = in_.find('\n', start)) != std::string::npos) {
+      if (nl - start > lim.max_line) return too_long();
+      take_line(std::string_view(in_).substr(start, nl - start));
+      start = nl + 1;
+      run();
+      if (queued_bytes_ > lim.max_queued)
+        return refuse("Too many pending commands (more than " + std::to_string(lim.max_queued) +
+                          " bytes queued).\n",
+                      cli_.stats_.queue_full,
+                      "more than " + std::to_string(lim.max_queued) + " bytes of commands queued");
+    }
+    if (closed_ || stop_reading_) return;
+    in_.erase(0, start);
+    if (in_.size() > lim.max_line) too_long();
+  }
+
+  void too_long() {
+    const size_t max = cli_.limits_.max_line;
+    refuse("Command line too long (more than " + std::to_string(max) + " bytes).\n",
+           cli_.stats_.line_too_long, "a line longer than " + std::to_string(max) + " bytes");
+  }
+
+  // A budget is exceeded: read nothing more, drop what waits, answer the command in flight (if
+  // any), then `text`, then close.
+  void refuse(std::string text, uint64_t& counter, const std::string& why) {
+    cli_.budget_hit(counter, why);
+    if (!closed_) uv_read_stop(stream());
+    stop_reading_ = true;
+    in_.clear();
+    in_.shrink_to_fit();
+    queue_.clear();
+    queued_bytes_ = 0;
+    last_words_ = std::move(text);
+    run();
+  }
+
+  void take_line(std::string_view line) {
     for (Words& w : split_commands(line))
-      queue_.push_back({std::move(w)});
+      push(std::move(w));
     // Like HAProxy, an empty line still gets an answer in prompt mode (the prompt).
-    if (line.find_first_not_of(" \t\r") == std::string::npos && prompt_) queue_.push_back({});
+    if (line.find_first_not_of(" \t\r") == std::string::npos && prompt_) push({});
+  }
+
+  void push(Words w) {
+    size_t cost = kQueuedOverhead;
+    for (const std::string& x : w)
+      cost += x.size();
+    queued_bytes_ += cost;
+    queue_.push_back({std::move(w), cost});
   }
 
   std::string prompt_text() {
@@ -118,9 +154,16 @@ class MasterCli::Session {
     while (!closed_ && !busy_ && !finishing_ && !queue_.empty()) {
       Pending p = std::move(queue_.front());
       queue_.pop_front();
-      execute(p.words);
+      queued_bytes_ -= p.cost;
+      execute(std::move(p.words));
     }
-    if (!closed_ && !busy_ && queue_.empty() && (eof_ || finishing_)) finish();
+    if (closed_ || busy_) return;
+    if (!last_words_.empty()) {
+      write(std::exchange(last_words_, std::string()));
+      finish();
+      return;
+    }
+    if (queue_.empty() && (eof_ || finishing_)) finish();
   }
 
   void execute(Words w) {
@@ -133,7 +176,8 @@ class MasterCli::Session {
         if (r.kind == Route::Kind::kPid && cli_.backend_.is_worker(r.number))
           pid = static_cast<int>(r.number);
         if (r.kind == Route::Kind::kInvalid || (r.kind != Route::Kind::kMaster && pid == 0)) {
-          write("Can't find the target PID matching the prefix '" + w[0] + "'\n");
+          write("Can't find the target PID matching the prefix '" + util::printable(w[0], 64) +
+                "'\n");
           finish();
           return;
         }
@@ -148,9 +192,9 @@ class MasterCli::Session {
     }
     if (target != 0) {
       busy_ = true;
-      const std::string line = join(w, 0);
       ++refs_;
-      cli_.backend_.worker_command(target, line, [this](bool ok, std::string out) {
+      // The words as parsed here reach the worker unchanged: nothing is joined or split again.
+      cli_.backend_.worker_command(target, w, [this](bool ok, std::string out) {
         busy_ = false;
         if (!closed_) {
           answer(ok ? out : std::string("Can't connect to the target CLI!\n"));
@@ -189,10 +233,21 @@ class MasterCli::Session {
       answer(cli_.backend_.version() + "\n");
       return;
     }
+    const bool json = w.size() == 3 && w[2] == "json";
+    if ((w.size() == 2 || json) && w[0] == "show" && w[1] == "info") {
+      const Fields f = cli_.info();
+      answer(json ? info_json(f, 0) : info_text(f));
+      return;
+    }
+    if ((w.size() == 2 || json) && w[0] == "show" && w[1] == "stat") {
+      answer(json ? cli_.stat_json() : stat_csv({cli_.stat_row()}));
+      return;
+    }
     if (w.size() == 1 && w[0] == "reload") {
       // As HAProxy 2.7+: synchronous, the last command of the connection.
       busy_ = true;
       queue_.clear();
+      queued_bytes_ = 0;
       ++refs_;
       cli_.backend_.reload([this](std::string out) {
         busy_ = false;
@@ -221,7 +276,11 @@ class MasterCli::Session {
       return;
     }
     ++refs_;
-    if (pending_ > kMaxPendingOutput) close();  // the client does not read
+    if (pending_ > kMaxPendingOutput) {  // the client does not read
+      cli_.budget_hit(cli_.stats_.slow_readers, "more than " + std::to_string(kMaxPendingOutput) +
+                                                    " bytes of answers unread");
+      close();
+    }
   }
 
   static void on_write(uv_write_t* r, int) {
@@ -242,8 +301,11 @@ class MasterCli::Session {
   // Closes once the output is written.
   void finish() {
     finishing_ = true;
+    if (!stop_reading_ && !closed_) uv_read_stop(stream());
     stop_reading_ = true;
+    in_.clear();
     queue_.clear();
+    queued_bytes_ = 0;
     if (pending_ == 0) close();
   }
 
@@ -263,9 +325,11 @@ class MasterCli::Session {
   uv_pipe_t pipe_;
   uv_timer_t timer_;
   char rbuf_[4096];
-  std::string in_;
+  std::string in_;  // received, not yet split into commands: at most max_line + one read
   std::deque<Pending> queue_;
-  int target_ = 0;  // 0: the master; else a worker pid
+  size_t queued_bytes_ = 0;  // the costs of queue_
+  std::string last_words_;   // a budget's error line, written once nothing is in flight
+  int target_ = 0;           // 0: the master; else a worker pid
   bool prompt_ = false;
   bool busy_ = false;
   bool eof_ = false;
@@ -285,12 +349,59 @@ const std::vector<CommandInfo>& MasterCli::commands() {
       {{"@master"}, usage_line("@master", "send a command to the master process")},
       {{"reload"}, usage_line("reload", "reload spoad: new workers, then soft-stop the old ones")},
       {{"show", "proc"}, usage_line("show proc", "show processes status")},
+      {{"show", "info"},
+       usage_line("show info [json]",
+                  "report information about the master (reloads, CLI budgets)")},
+      {{"show", "stat"}, usage_line("show stat [json]", "report the master's counters")},
       {{"show", "version"}, usage_line("show version", "show version of the current process")},
   };
   return c;
 }
 
-MasterCli::MasterCli(uv_loop_t* loop, MasterBackend& backend) : loop_(loop), backend_(backend) {}
+MasterCli::MasterCli(uv_loop_t* loop, MasterBackend& backend, Limits limits)
+    : loop_(loop), backend_(backend), limits_(limits) {}
+
+void MasterCli::budget_hit(uint64_t& counter, const std::string& why) {
+  ++counter;
+  if (!log_limiter_.allow(uv_now(loop_))) return;
+  const uint64_t held = log_limiter_.take_suppressed();
+  util::make_logger("spoad")->warn(
+      "master CLI: client closed: {}{}", why,
+      held ? " (" + std::to_string(held) + " similar lines not logged)" : std::string());
+}
+
+Fields MasterCli::info() {
+  Fields f = backend_.info();
+  f.emplace_back("CliCurrClients", sessions_.size());
+  f.emplace_back("CliCumClients", stats_.clients_total);
+  f.emplace_back("CliMaxLine", limits_.max_line);
+  f.emplace_back("CliMaxQueued", limits_.max_queued);
+  f.emplace_back("CliLineTooLong", stats_.line_too_long);
+  f.emplace_back("CliQueueFull", stats_.queue_full);
+  f.emplace_back("CliSlowReaders", stats_.slow_readers);
+  f.emplace_back("CliIdleTimeouts", stats_.idle_timeouts);
+  return f;
+}
+
+Fields MasterCli::stat_row() {
+  return {
+      {"process", "master"},
+      {"pid", ::getpid()},
+      {"cli_clients", sessions_.size()},
+      {"cli_cum_clients", stats_.clients_total},
+      {"cli_line_too_long", stats_.line_too_long},
+      {"cli_queue_full", stats_.queue_full},
+      {"cli_slow_readers", stats_.slow_readers},
+      {"cli_idle_timeouts", stats_.idle_timeouts},
+  };
+}
+
+std::string MasterCli::stat_json() {
+  nlohmann::json o = nlohmann::json::object();
+  for (const auto& [k, v] : stat_row())
+    o[k] = v;
+  return nlohmann::json{{"master", o}}.dump(2) + "\n";
+}
 
 MasterCli::~MasterCli() = default;
 
@@ -318,6 +429,7 @@ void MasterCli::accept_one() {
   waiting_ = false;
   auto* s = new Session(*this);
   sessions_.insert(s);
+  ++stats_.clients_total;
   if (s->accept(reinterpret_cast<uv_stream_t*>(&listener_)) != 0) s->close();
 }
 

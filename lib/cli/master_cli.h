@@ -6,6 +6,15 @@
 // Each client is served asynchronously: a slow or stuck client never stalls the master, the
 // workers, or other clients. At most kMaxClients are served at once; the others wait in the
 // socket's backlog until a slot frees.
+//
+// Budgets per client (Limits, from the `cli:` section), each answered by one error line, then
+// the client is closed once its output is written, and counted (master `show info` and
+// `show stat`) and logged (rate-limited):
+//   - a line longer than max_line bytes: "Command line too long (more than N bytes).";
+//   - commands waiting behind a routed command or a reload (their words plus kQueuedOverhead
+//     bytes each) above max_queued bytes: "Too many pending commands (more than N bytes
+//     queued).";
+//   - more than kMaxPendingOutput bytes of answers the client does not read (closed at once).
 #pragma once
 
 #include <uv.h>
@@ -17,6 +26,8 @@
 #include <unordered_set>
 
 #include "cli/command.h"
+#include "cli/format.h"
+#include "util/rate_limit.h"
 
 namespace spoad::cli {
 
@@ -26,6 +37,9 @@ class MasterBackend {
   virtual ~MasterBackend() = default;
   // `show proc` text.
   virtual std::string show_proc() = 0;
+  // The master's `show info` fields (Name, Version, Pid, Uptime, reloads, ...); the CLI
+  // appends its own counters.
+  virtual Fields info() = 0;
   // The version string (`show version`).
   virtual std::string version() = 0;
   // Starts a reload; `done` receives the answer ("Success=1\n..." or "Success=0\n--\n...").
@@ -34,9 +48,10 @@ class MasterBackend {
   virtual int worker_by_relative_pid(uint64_t relative_pid) = 0;
   // True if `pid` is a worker (current or old).
   virtual bool is_worker(uint64_t pid) = 0;
-  // Runs `line` in worker `pid`; `done` receives its output ("" if the worker is gone: the CLI
-  // then answers "Can't connect to the target CLI!").
-  virtual void worker_command(int pid, const std::string& line,
+  // Runs the command `words` (as the CLI parsed them, routing prefix removed) in worker `pid`;
+  // `done` receives its output, bytes as the worker wrote them (ok false if the worker is
+  // gone: the CLI then answers "Can't connect to the target CLI!").
+  virtual void worker_command(int pid, const Words& words,
                               std::function<void(bool ok, std::string)> done) = 0;
   // True when the last reload failed (the prompt then reads "master[ReloadFailed]> ").
   virtual bool last_reload_failed() = 0;
@@ -45,15 +60,34 @@ class MasterBackend {
 class MasterCli {
  public:
   static constexpr size_t kMaxClients = 10;
-  // A client line longer than this (bytes) closes the client.
-  static constexpr size_t kMaxLine = 64 * 1024;
   // A client that reads nothing while this much output waits (bytes) is closed.
   static constexpr size_t kMaxPendingOutput = 4u << 20;
   // A client silent that long (ms) is closed, so that stuck clients free their slot.
   static constexpr uint64_t kIdleTimeoutMs = 600'000;
+  // What a queued command costs beside its words (bytes), for the max_queued budget.
+  static constexpr size_t kQueuedOverhead = 64;
 
-  MasterCli(uv_loop_t* loop, MasterBackend& backend);
+  struct Limits {
+    size_t max_line = 64 * 1024;   // bytes of one line, '\n' excluded (cli.max-line)
+    size_t max_queued = 1u << 20;  // bytes of commands waiting, per client (cli.max-queued)
+  };
+
+  // Counters since the master started.
+  struct Stats {
+    uint64_t clients_total = 0;  // clients accepted
+    uint64_t line_too_long = 0;  // clients closed for a line longer than max_line
+    uint64_t queue_full = 0;     // clients closed for more than max_queued bytes pending
+    uint64_t slow_readers = 0;   // clients closed for more than kMaxPendingOutput unread
+    uint64_t idle_timeouts = 0;  // clients closed after kIdleTimeoutMs of silence
+  };
+
+  MasterCli(uv_loop_t* loop, MasterBackend& backend, Limits limits);
   ~MasterCli();
+
+  // New limits (after a reload); they apply to every client from its next read on.
+  void set_limits(Limits limits) { limits_ = limits; }
+  const Stats& stats() const { return stats_; }
+  size_t clients() const { return sessions_.size(); }
 
   // Serves on an already listening Unix socket `fd` (owned from now on).
   // Throws std::runtime_error.
@@ -70,9 +104,19 @@ class MasterCli {
   void accept_one();
   void session_closed(Session* s);
   void maybe_closed();
+  // Counts and logs (at most 5 lines a second) a client closed by a budget.
+  void budget_hit(uint64_t& counter, const std::string& why);
+  // The master-level `show info` fields: the backend's, then the CLI's counters.
+  Fields info();
+  // The master-level `show stat` row, and `show stat json` ({"master": {...}}).
+  Fields stat_row();
+  std::string stat_json();
 
   uv_loop_t* loop_;
   MasterBackend& backend_;
+  Limits limits_;
+  Stats stats_;
+  util::RateLimiter log_limiter_{5};
   uv_pipe_t listener_;
   bool listener_open_ = false;
   bool listener_closing_ = false;

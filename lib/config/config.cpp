@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -42,12 +43,20 @@ RuntimeSettings read_runtime(Options& o) {
   r.max_inflight = static_cast<uint32_t>(o.integer("max-inflight", r.max_inflight, 1, 100000));
   r.max_fragmented_size =
       o.size("max-fragmented-size", r.max_fragmented_size, 1024, uint64_t{1} << 30);
+  r.max_reassembly_bytes =
+      o.size("max-reassembly-bytes", std::max(r.max_reassembly_bytes, r.max_fragmented_size), 1024,
+             uint64_t{1} << 40);
+  if (r.max_reassembly_bytes < r.max_fragmented_size)
+    o.fail("max-reassembly-bytes",
+           "smaller than max-fragmented-size (" + std::to_string(r.max_fragmented_size) +
+               " bytes): no fragmented NOTIFY of that size could ever be reassembled");
   r.pipelining = o.boolean("pipelining", r.pipelining);
   r.fragmentation = o.boolean("fragmentation", r.fragmentation);
   r.async = o.boolean("async", r.async);
   Options t = o.map("timeout");
   r.hello_timeout_ms = t.duration_ms("hello", r.hello_timeout_ms, 1, 3'600'000);
   r.idle_timeout_ms = t.duration_ms("idle", r.idle_timeout_ms, 1, 86'400'000);
+  r.fragment_timeout_ms = t.duration_ms("fragment", r.fragment_timeout_ms, 1, 3'600'000);
   t.check_unknown();
   r.max_connections =
       static_cast<uint32_t>(o.integer("max-connections", r.max_connections, 1, 1'000'000));
@@ -150,6 +159,8 @@ Config parse_config(const std::string& text, const std::string& file_name) {
   if (ec != std::errc() || p != mode.data() + mode.size() || m > 0777)
     cli.fail("mode", "expected octal permission bits such as \"0600\", got \"" + mode + "\"");
   cfg.cli.mode = m;
+  cfg.cli.max_line = cli.size("max-line", cfg.cli.max_line, 1u << 10, 1u << 20);
+  cfg.cli.max_queued = cli.size("max-queued", cfg.cli.max_queued, 4u << 10, 64u << 20);
   cli.check_unknown();
 
   if (!top.has("agents")) top.fail("", "no \"agents\" list: nothing to serve");
@@ -194,9 +205,18 @@ Config parse_config(const std::string& text, const std::string& file_name) {
 std::string read_text(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw ConfigError(path, 0, "", std::string("cannot open: ") + std::strerror(errno));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  // The master hands the text to each worker (supervisor/messages.h): keep it well within a
+  // channel message, so that a file `spoad -c` accepts always starts.
+  std::string text;
+  char buf[65536];
+  while (in.read(buf, sizeof(buf)) || in.gcount() > 0) {
+    text.append(buf, static_cast<size_t>(in.gcount()));
+    if (text.size() > kMaxFileBytes)
+      throw ConfigError(
+          path, 0, "",
+          "larger than " + std::to_string(kMaxFileBytes) + " bytes (lists belong in files)");
+  }
+  return text;
 }
 
 Config load_config(const std::string& path) {

@@ -8,6 +8,8 @@
 //   cli:
 //     socket: /run/spoad/master.sock
 //     mode: "0600"
+//     max-line: 64k             # longer lines close the client
+//     max-queued: 1m            # bytes of commands waiting per client
 //   agents:
 //     - name: iprep
 //       type: ip-checker
@@ -54,12 +56,17 @@ struct RuntimeSettings {
   uint32_t max_frame_size = 16380;          // bytes; we announce min(this, HAProxy's)
   uint32_t max_inflight = 64;               // NOTIFYs in flight per connection
   uint64_t max_fragmented_size = 4u << 20;  // bytes of one reassembled NOTIFY
-  bool pipelining = true;                   // announce "pipelining"
-  bool fragmentation = true;                // announce "fragmentation"
-  bool async = false;                       // announce "async"
-  uint64_t hello_timeout_ms = 5'000;        // wait for HAPROXY-HELLO
-  uint64_t idle_timeout_ms = 300'000;       // close a connection idle this long
-  uint32_t max_connections = 10'000;        // per worker; beyond, accept waits
+  // Bytes of reassembly buffers held at once by all the connections of this agent in one
+  // worker; default max(16 MiB, max_fragmented_size). Beyond it the connection whose fragment
+  // does not fit gets AGENT-DISCONNECT status 13 (resource allocation error).
+  uint64_t max_reassembly_bytes = 16u << 20;
+  bool pipelining = true;                 // announce "pipelining"
+  bool fragmentation = true;              // announce "fragmentation"
+  bool async = false;                     // announce "async"
+  uint64_t hello_timeout_ms = 5'000;      // wait for HAPROXY-HELLO
+  uint64_t idle_timeout_ms = 300'000;     // close a connection idle this long
+  uint64_t fragment_timeout_ms = 10'000;  // first fragment -> whole NOTIFY, at most
+  uint32_t max_connections = 10'000;      // per worker; beyond, accept waits (counted)
   int backlog = 1024;
 };
 
@@ -77,6 +84,9 @@ struct AgentConfig {
 struct CliConfig {
   std::string socket;    // "" = no master CLI
   uint32_t mode = 0600;  // permission bits of the socket
+  // Per client budgets of the master CLI (cli/master_cli.h), bytes.
+  uint64_t max_line = 64u << 10;   // cli.max-line: one line, 1k-1m
+  uint64_t max_queued = 1u << 20;  // cli.max-queued: commands waiting, 4k-64m
 };
 
 struct Config {
@@ -89,7 +99,10 @@ struct Config {
   std::vector<AgentConfig> agents;
 };
 
-// The bytes of `path`. Throws ConfigError ("PATH: cannot open: ...").
+// The largest configuration file read_text accepts (bytes).
+inline constexpr uint64_t kMaxFileBytes = 16u << 20;
+
+// The bytes of `path`. Throws ConfigError ("PATH: cannot open: ..." or "PATH: larger than ...").
 std::string read_text(const std::string& path);
 
 // Reads and validates `path`, including each agent's own options.

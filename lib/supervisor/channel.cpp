@@ -3,6 +3,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "util/log.h"
+#include "util/rate_limit.h"
+
 namespace spoad::supervisor {
 
 namespace {
@@ -71,10 +74,15 @@ Channel::~Channel() {
     ::close(fd);
 }
 
-void Channel::send(const nlohmann::json& msg) {
-  if (closed_) return;
+bool Channel::send(const msg::Message& m) {
+  if (closed_ || msg::carries_fd(m)) return false;
   auto* w = new WriteReq;
-  w->data = msg.dump() + "\n";
+  if (!msg::encode(m, w->data)) {
+    delete w;
+    util::make_logger("spoad")->error("channel: {} message longer than {} bytes: not sent",
+                                      msg::name(m), msg::kMaxMessage);
+    return false;
+  }
   w->req.data = this;
   uv_buf_t b = uv_buf_init(w->data.data(), w->data.size());
   if (uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&pipe_), &b, 1, [](uv_write_t* r, int st) {
@@ -86,19 +94,24 @@ void Channel::send(const nlohmann::json& msg) {
       }) != 0) {
     delete w;
     fail();
-    return;
+    return false;
   }
   ++writes_;
+  return true;
 }
 
-void Channel::send_handle(nlohmann::json msg, uv_stream_t* handle, std::function<void(bool)> done) {
-  if (closed_) {
+void Channel::send_handle(const msg::Message& m, uv_stream_t* handle,
+                          std::function<void(bool)> done) {
+  if (closed_ || !msg::carries_fd(m)) {
     done(false);
     return;
   }
-  msg["fd"] = true;
   auto* w = new WriteReq;
-  w->data = msg.dump() + "\n";
+  if (!msg::encode(m, w->data)) {
+    delete w;
+    done(false);
+    return;
+  }
   w->req.data = this;
   w->done = std::move(done);
   uv_buf_t b = uv_buf_init(w->data.data(), w->data.size());
@@ -122,13 +135,13 @@ void Channel::send_handle(nlohmann::json msg, uv_stream_t* handle, std::function
   ++writes_;
 }
 
-void Channel::send_fd(nlohmann::json msg, int fd) {
+void Channel::send_fd(const msg::Message& m, int fd) {
   uv_stream_t* h = wrap(loop_, fd, is_unix_socket(fd));
   if (!h) {
     ::close(fd);
     return;
   }
-  send_handle(std::move(msg), h, [h](bool) { close_and_free(h); });
+  send_handle(m, h, [h](bool) { close_and_free(h); });
 }
 
 void Channel::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
@@ -156,24 +169,37 @@ void Channel::on_read(uv_stream_t* s, ssize_t n, const uv_buf_t*) {
   }
   c->take_pending_fds();
   c->in_.append(c->rbuf_, static_cast<size_t>(n));
-  size_t start = 0, nl;
-  while (!c->closed_ && (nl = c->in_.find('\n', start)) != std::string::npos) {
-    nlohmann::json msg = nlohmann::json::parse(c->in_.begin() + start, c->in_.begin() + nl, nullptr,
-                                               /*allow_exceptions=*/false);
-    start = nl + 1;
-    int fd = -1;
-    if (msg.is_object() && msg.value("fd", false) && !c->fds_.empty()) {
-      fd = c->fds_.front();
-      c->fds_.pop_front();
+  c->dispatch();
+}
+
+void Channel::dispatch() {
+  static util::RateLimiter limiter(10);
+  size_t start = 0;
+  while (!closed_) {
+    msg::Decoded d = msg::decode(std::string_view(in_).substr(start));
+    if (d.status == msg::Decoded::Status::kNeedMore) break;
+    if (d.status == msg::Decoded::Status::kTooBig) {
+      util::make_logger("spoad")->error("channel: {}: closing it", d.error);
+      fail();
+      return;
     }
-    if (msg.is_object() && msg.contains("type"))
-      c->on_message_(msg, fd);
-    else if (fd >= 0)
-      ::close(fd);
+    start += d.used;
+    int fd = -1;
+    if (d.with_fd && !fds_.empty()) {
+      fd = fds_.front();
+      fds_.pop_front();
+    }
+    if (d.status == msg::Decoded::Status::kBadFrame) {
+      if (limiter.allow(uv_now(loop_)))
+        util::make_logger("spoad")->error("channel: a {}-byte frame was skipped: {}", d.used,
+                                          d.error);
+      if (fd >= 0) ::close(fd);
+      continue;
+    }
+    on_message_(std::move(d.message), fd);
   }
-  if (c->closed_) return;
-  c->in_.erase(0, start);
-  if (c->in_.size() > kMaxLine) c->fail();
+  if (closed_) return;
+  in_.erase(0, start);
 }
 
 void Channel::fail() {
@@ -185,8 +211,7 @@ void Channel::fail() {
 
 void Channel::close() {
   if (closed_) return;
-  closed_ = true;
-  on_message_ = nullptr;
+  closed_ = true;  // on_message_ may be running: it stays, but nothing calls it any more
   on_closed_ = nullptr;
   uv_read_stop(reinterpret_cast<uv_stream_t*>(&pipe_));
   // Let the messages already queued leave first (a worker's last "error" message).

@@ -14,6 +14,7 @@
 
 #include "cli/format.h"
 #include "runtime/listener.h"
+#include "util/escape.h"
 #include "util/log.h"
 #include "version.h"
 
@@ -49,6 +50,35 @@ bool write_atomically(const std::string& path, const std::string& content) {
     if (!out) return false;
   }
   return ::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+cli::MasterCli::Limits cli_limits(const config::Config& cfg) {
+  return {static_cast<size_t>(cfg.cli.max_line), static_cast<size_t>(cfg.cli.max_queued)};
+}
+
+// Text from the file or a worker (an error message), safe for a log line or a CLI answer: as
+// it is when it is printable UTF-8 on one line, else escaped by util::printable.
+std::string shown(std::string_view s) {
+  bool plain = util::is_utf8(s);
+  for (const char c : s)
+    plain = plain && static_cast<unsigned char>(c) >= 0x20 && c != 0x7f;
+  return plain ? std::string(s) : util::printable(s, 4096);
+}
+
+// `text`'s lines, each made safe by shown().
+std::vector<std::string> shown_lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);)
+    if (!l.empty()) out.push_back(shown(l));
+  return out;
+}
+
+std::string joined(const std::vector<std::string>& lines) {
+  std::string s;
+  for (const std::string& l : lines)
+    s += (s.empty() ? "" : " / ") + l;
+  return s;
 }
 
 }  // namespace
@@ -155,7 +185,7 @@ void Master::publish() {
   if (!cli_path_.empty()) {
     const int fd =
         runtime::listen_unix(cli_path_, 64, &cli_inode_, static_cast<int>(cfg_.cli.mode));
-    cli_ = std::make_unique<cli::MasterCli>(loop_, *this);
+    cli_ = std::make_unique<cli::MasterCli>(loop_, *this, cli_limits(cfg_));
     cli_->listen(fd);
   }
   if (!pidfile_.empty() && !write_atomically(pidfile_, std::to_string(getpid()) + "\n"))
@@ -266,20 +296,21 @@ Master::Proc* Master::spawn(Slot& s) {
   p->start_wall_s = wall_s();
   Proc* raw = p.get();
   raw->ch = Channel::open(
-      loop_, fds[0], [this, raw](const nlohmann::json& m, int fd) { on_message(raw, m, fd); },
+      loop_, fds[0], [this, raw](msg::Message&& m, int fd) { on_message(raw, std::move(m), fd); },
       [this, raw] {
         raw->ch = nullptr;
         reap(raw);
       });
-  nlohmann::json init = {{"type", "init"},
-                         {"config", g.text},
-                         {"file", g.cfg.file},
-                         {"agent", s.agent},
-                         {"relative_pid", s.relative_pid},
-                         {"generation", g.id},
-                         {"listen_fd", listen_fd},
-                         {"log_level", opts_.log_level}};
-  if (raw->ch) raw->ch->send(init);
+  msg::Init init;
+  init.config = g.text;
+  init.file = g.cfg.file;
+  init.agent = s.agent;
+  init.relative_pid = s.relative_pid;
+  init.generation = g.id;
+  init.listen_fd = listen_fd;
+  init.log_level = opts_.log_level;
+  if (raw->ch && !raw->ch->send(init))
+    g.errors += "cannot send the configuration to worker " + std::to_string(raw->pid) + "\n";
   s.proc = raw;
   procs_.push_back(std::move(p));
   mlog()->info("New worker ({}) of {} forked (relative pid {}, generation {})", raw->pid, ac.name,
@@ -287,44 +318,45 @@ Master::Proc* Master::spawn(Slot& s) {
   return raw;
 }
 
-void Master::on_message(Proc* p, const nlohmann::json& m, int fd) {
-  const std::string type = m.value("type", "");
-  if (type == "handoff") {
-    hand_off(m, fd);
-    if (p->ch) p->ch->send({{"type", "handoff-ack"}});
+void Master::on_message(Proc* p, msg::Message&& m, int fd) {
+  if (auto* h = std::get_if<msg::Handoff>(&m)) {
+    hand_off(std::move(*h), fd);
+    if (p->ch) p->ch->send(msg::HandoffAck{});
     return;
   }
   if (fd >= 0) ::close(fd);
-  if (type == "engine") {
-    // The HAProxy processes (engine-ids) this spoad has served, for a hand-over.
-    const std::string id = m.value("id", "");
-    if (!id.empty() && known_engines_.insert(id).second) {
+  if (auto* e = std::get_if<msg::Engine>(&m)) {
+    // The HAProxy processes (engine-ids) this spoad has served, for a hand-over. HAProxy's are
+    // UUIDs (36 bytes): longer ones are not kept, so the list stays small.
+    const std::string& id = e->id;
+    if (!id.empty() && id.size() <= kMaxEngineId && known_engines_.insert(id).second) {
       engine_order_.push_back(id);
       if (engine_order_.size() > kMaxEngines) {
         known_engines_.erase(engine_order_.front());
         engine_order_.pop_front();
       }
     }
-  } else if (type == "ready") {
+  } else if (auto* r = std::get_if<msg::Ready>(&m)) {
     p->ready = true;
-    p->version = m.value("version", "");
+    p->version = util::printable(r->version, 64);
     check_generation(*p->gen);
-  } else if (type == "error") {
-    const std::string msg = m.value("message", "");
-    p->gen->errors += msg + "\n";
-  } else if (type == "cli") {
-    auto it = p->cli.find(m.value("id", uint64_t{0}));
+  } else if (auto* err = std::get_if<msg::Error>(&m)) {
+    p->gen->errors += err->message + "\n";
+  } else if (auto* c = std::get_if<msg::CliReply>(&m)) {
+    auto it = p->cli.find(c->id);
     if (it == p->cli.end()) return;
     auto done = std::move(it->second.done);
     p->cli.erase(it);
-    done(true, m.value("output", ""));
+    done(true, std::move(c->output));
+  } else {
+    mlog()->warn("worker {} sent an unexpected {} message: ignored", p->pid, msg::name(m));
   }
 }
 
-void Master::hand_off(const nlohmann::json& m, int fd) {
+void Master::hand_off(msg::Handoff&& h, int fd) {
   // A connection an old worker let go at a safe point: give it to a current worker of the same
   // agent, in turn. Its unread bytes wait in the socket meanwhile.
-  const std::string agent = m.value("agent", "");
+  const std::string& agent = h.agent;
   std::vector<Proc*> targets;
   if (current_)
     for (auto& s : current_->slots)
@@ -332,15 +364,13 @@ void Master::hand_off(const nlohmann::json& m, int fd) {
           current_->cfg.agents[s->agent].name == agent)
         targets.push_back(s->proc);
   if (targets.empty() || fd < 0) {
-    mlog()->warn("no current worker of {} to take over a connection: closing it", agent);
+    mlog()->warn("no current worker of {} to take over a connection: closing it",
+                 util::printable(agent, 64));
     if (fd >= 0) ::close(fd);
     return;
   }
   Proc* t = targets[handoff_rr_++ % targets.size()];
-  nlohmann::json out = m;
-  out["type"] = "adopt";
-  out.erase("fd");
-  t->ch->send_fd(out, fd);
+  t->ch->send_fd(msg::Adopt{std::move(h.agent), std::move(h.state)}, fd);
 }
 
 void Master::on_process_exit(uv_process_t* h, int64_t status, int signal) {
@@ -454,7 +484,8 @@ void Master::generation_ready(Generation& g) {
       bool successor = false;
       for (const auto& a : g.cfg.agents)
         successor |= a.name == mine.name && a.listen.kind == mine.listen.kind;
-      soft_stop_worker(*p, g.cfg.grace_ms, successor ? "handoff" : "disconnect");
+      soft_stop_worker(*p, g.cfg.grace_ms,
+                       successor ? msg::StopMode::kHandOff : msg::StopMode::kDisconnect);
     }
   }
   ++reloads_;
@@ -462,6 +493,7 @@ void Master::generation_ready(Generation& g) {
   current_ = std::move(next_);
   cfg_ = current_->cfg;
   cfg_text_ = current_->text;
+  if (cli_) cli_->set_limits(cli_limits(cfg_));
   // Unix sockets the new configuration no longer uses: the old workers keep their copies.
   for (auto it = unix_.begin(); it != unix_.end();) {
     bool used = false;
@@ -500,16 +532,16 @@ void Master::generation_failed(Generation& g, const std::string& why) {
     ++failed_reloads_;
     const std::string tag = "(" + std::to_string(getpid()) + ") : ";
     std::string text = "Success=0\n--\n";
-    std::istringstream lines(why);
-    for (std::string l; std::getline(lines, l);)
+    const std::vector<std::string> lines = shown_lines(why);
+    for (const std::string& l : lines)
       text += "[ALERT]    " + tag + l + "\n";
     text += "[WARNING]  " + tag + "Loading failure!\n";
-    mlog()->error("reload failed, the current workers keep serving: {}", why);
+    mlog()->error("reload failed, the current workers keep serving: {}", joined(lines));
     finish_reload(false, text);
     return;
   }
   // The first generation could not start: give up, as HAProxy does at its first start.
-  mlog()->critical("cannot start: {}", why);
+  mlog()->critical("cannot start: {}", joined(shown_lines(why)));
   exit_status_ = 1;
   hard_stop();
 }
@@ -579,8 +611,9 @@ void Master::do_reload() {
   } catch (const std::exception& e) {
     ++failed_reloads_;
     const std::string tag = "(" + std::to_string(getpid()) + ") : ";
-    mlog()->error("reload failed, the current workers keep serving: {}", e.what());
-    finish_reload(false, "Success=0\n--\n[ALERT]    " + tag + e.what() + "\n[WARNING]  " + tag +
+    const std::string why = joined(shown_lines(e.what()));
+    mlog()->error("reload failed, the current workers keep serving: {}", why);
+    finish_reload(false, "Success=0\n--\n[ALERT]    " + tag + why + "\n[WARNING]  " + tag +
                              "Loading failure!\n");
     return;
   }
@@ -630,6 +663,32 @@ std::string Master::show_proc() {
   return cli::show_proc(m, failed_reloads_, current, old);
 }
 
+cli::Fields Master::info() {
+  size_t workers = 0, old_workers = 0;
+  for (auto& p : procs_) {
+    if (p->exited) continue;
+    if (current_ && p->gen == current_.get())
+      ++workers;
+    else if (p->leaving)
+      ++old_workers;
+  }
+  const uint64_t up = wall_s() - start_time_s_;
+  return {
+      {"Name", "spoad"},
+      {"Version", SPOAD_VERSION},
+      {"Pid", getpid()},
+      {"Process_type", "master"},
+      {"Uptime", cli::info_uptime(up)},
+      {"Uptime_sec", up},
+      {"Start_time_sec", start_time_s_},
+      {"Reloads", reloads_},
+      {"FailedReloads", failed_reloads_},
+      {"Workers", workers},
+      {"OldWorkers", old_workers},
+      {"Respawns", crashes_},
+  };
+}
+
 std::string Master::version() {
   return SPOAD_VERSION;
 }
@@ -652,7 +711,7 @@ bool Master::is_worker(uint64_t pid) {
   return find_pid(static_cast<int>(pid)) != nullptr;
 }
 
-void Master::worker_command(int pid, const std::string& line,
+void Master::worker_command(int pid, const cli::Words& words,
                             std::function<void(bool, std::string)> done) {
   Proc* p = find_pid(pid);
   if (!p || !p->ch || !p->ready) {
@@ -660,8 +719,11 @@ void Master::worker_command(int pid, const std::string& line,
     return;
   }
   const uint64_t id = next_cli_id_++;
+  if (!p->ch->send(msg::CliRequest{id, words})) {
+    done(false, "");
+    return;
+  }
   p->cli[id] = {uv_now(loop_) + kCliTimeoutMs, std::move(done)};
-  p->ch->send({{"type", "cli"}, {"id", id}, {"line", line}});
 }
 
 // ---- signals and stop -----------------------------------------------------------------------
@@ -697,12 +759,9 @@ void Master::soft_stop() {
     stop_requested_ms_ = uv_now(loop_);
     handover_deadline_ms_ = stop_requested_ms_ + handover;
     mlog()->info("soft-stop: serving until the new spoad serves (at most {} ms)", handover);
-    nlohmann::json engines = nlohmann::json::array();
-    for (const std::string& e : engine_order_)
-      engines.push_back(e);
+    const msg::HandOver engines{{engine_order_.begin(), engine_order_.end()}};
     for (auto& p : procs_)
-      if (!p->exited && p->ch && p->ready)
-        p->ch->send({{"type", "hand-over"}, {"engines", engines}});
+      if (!p->exited && p->ch && p->ready) p->ch->send(engines);
     return;
   }
   stop_requested_ms_ = uv_now(loop_);
@@ -721,7 +780,7 @@ void Master::begin_soft_stop() {
   }
   // Under HAProxy's program reload, HAProxy soft-stops too and closes its own connections,
   // which is the only way without a race: wait for it. Otherwise, DISCONNECT when idle.
-  const char* mode = handed_over_ ? "wait" : "disconnect";
+  const msg::StopMode mode = handed_over_ ? msg::StopMode::kWait : msg::StopMode::kDisconnect;
   for (auto& p : procs_)
     if (!p->exited) soft_stop_worker(*p, grace, mode);
   // The workers bound their soft-stop by the grace period; past it (and a margin), kill.
@@ -730,10 +789,10 @@ void Master::begin_soft_stop() {
   maybe_exit();
 }
 
-void Master::soft_stop_worker(Proc& p, uint64_t grace_ms, const char* mode) {
+void Master::soft_stop_worker(Proc& p, uint64_t grace_ms, msg::StopMode mode) {
   p.leaving = true;
   if (p.ch && p.ready)
-    p.ch->send({{"type", "soft-stop"}, {"grace_ms", grace_ms}, {"mode", mode}});
+    p.ch->send(msg::SoftStop{grace_ms, mode});
   else
     ::kill(p.pid, SIGUSR1);
 }

@@ -60,11 +60,12 @@ class Master : public cli::MasterBackend {
 
   // cli::MasterBackend
   std::string show_proc() override;
+  cli::Fields info() override;
   std::string version() override;
   void reload(std::function<void(std::string)> done) override;
   int worker_by_relative_pid(uint64_t relative_pid) override;
   bool is_worker(uint64_t pid) override;
-  void worker_command(int pid, const std::string& line,
+  void worker_command(int pid, const cli::Words& words,
                       std::function<void(bool, std::string)> done) override;
   bool last_reload_failed() override { return last_reload_failed_; }
 
@@ -76,8 +77,8 @@ class Master : public cli::MasterBackend {
   void start_generation(Generation& g);
   Proc* spawn(Slot& s);
   void on_exit(Proc* p, int64_t status, int signal);
-  void on_message(Proc* p, const nlohmann::json& msg, int fd);
-  void hand_off(const nlohmann::json& msg, int fd);
+  void on_message(Proc* p, msg::Message&& m, int fd);
+  void hand_off(msg::Handoff&& h, int fd);
   void check_generation(Generation& g);
   void generation_ready(Generation& g);
   void generation_failed(Generation& g, const std::string& why);
@@ -92,7 +93,7 @@ class Master : public cli::MasterBackend {
   bool successor_serves() const;
   void soft_stop();
   void begin_soft_stop();
-  void soft_stop_worker(Proc& p, uint64_t grace_ms, const char* mode);
+  void soft_stop_worker(Proc& p, uint64_t grace_ms, msg::StopMode mode);
   void hard_stop();
   void maybe_exit();
   void close_everything();
@@ -120,6 +121,7 @@ class Master : public cli::MasterBackend {
   size_t handoff_rr_ = 0;     // round robin over the workers taking connections
   // Engine-ids of the HAProxy processes served so far (oldest first), for a hand-over.
   static constexpr size_t kMaxEngines = 4096;
+  static constexpr size_t kMaxEngineId = 128;  // bytes; HAProxy's engine-ids are 36
   std::unordered_set<std::string> known_engines_;
   std::deque<std::string> engine_order_;
   uint64_t stop_requested_ms_ = 0;

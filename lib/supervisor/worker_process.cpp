@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "runtime/worker.h"
 #include "supervisor/channel.h"
+#include "util/escape.h"
 #include "util/log.h"
 #include "version.h"
 
@@ -30,7 +31,7 @@ class WorkerProcess {
     master_pid_ = ::getppid();
     if (master_pid_ == 1) return 1;  // the master died before we got here
     ch_ = Channel::open(
-        loop_, fd, [this](const nlohmann::json& m, int sock) { on_message(m, sock); },
+        loop_, fd, [this](msg::Message&& m, int sock) { on_message(std::move(m), sock); },
         [this] { master_gone(); });
     if (!ch_) return 1;
     const int sigs[5] = {SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGHUP};
@@ -46,56 +47,68 @@ class WorkerProcess {
   }
 
  private:
-  void on_message(const nlohmann::json& m, int sock) {
-    const std::string type = m.value("type", "");
-    if (type == "adopt") {
-      adopt(m, sock);
+  void on_message(msg::Message&& m, int sock) {
+    if (auto* a = std::get_if<msg::Adopt>(&m)) {
+      adopt(*a, sock);
       return;
     }
     if (sock >= 0) ::close(sock);
-    if (type == "init" && !worker_) {
-      init(m);
-    } else if (type == "handoff-ack") {
+    if (auto* init_msg = std::get_if<msg::Init>(&m)) {
+      if (!worker_) init(*init_msg);
+    } else if (std::holds_alternative<msg::HandoffAck>(m)) {
       if (unacked_ > 0 && --unacked_ == 0 && closed_) close_channel();
-    } else if (type == "hand-over" && worker_) {
-      std::unordered_set<std::string> engines;
-      for (const auto& e : m.value("engines", nlohmann::json::array()))
-        if (e.is_string()) engines.insert(e.get<std::string>());
-      worker_->hand_over(engines);
-    } else if (type == "soft-stop") {
-      const std::string mode = m.value("mode", "disconnect");
-      stop(true, m.value("grace_ms", cfg_.grace_ms),
-           mode == "handoff" ? runtime::DrainMode::kHandOff
-           : mode == "wait"  ? runtime::DrainMode::kWait
-                             : runtime::DrainMode::kDisconnect);
-    } else if (type == "cli" && cli_) {
-      const std::string out = cli_->execute(cli::split_commands(m.value("line", ""))[0]);
-      ch_->send({{"type", "cli"}, {"id", m.value("id", uint64_t{0})}, {"output", out}});
+    } else if (auto* h = std::get_if<msg::HandOver>(&m)) {
+      if (worker_)
+        worker_->hand_over(std::unordered_set<std::string>(h->engines.begin(), h->engines.end()));
+    } else if (auto* st = std::get_if<msg::SoftStop>(&m)) {
+      stop(true, st->grace_ms,
+           st->mode == msg::StopMode::kHandOff ? runtime::DrainMode::kHandOff
+           : st->mode == msg::StopMode::kWait  ? runtime::DrainMode::kWait
+                                               : runtime::DrainMode::kDisconnect);
+    } else if (auto* c = std::get_if<msg::CliRequest>(&m)) {
+      if (!cli_ || !ch_) return;
+      // The words exactly as the master parsed them: nothing is split or joined again.
+      std::string out;
+      try {
+        out = cli_->execute(c->words);
+      } catch (const std::exception& e) {  // a command's failure is an answer, not a crash
+        log_->error("CLI command failed: {}", util::printable(e.what()));
+        out = "Internal error: " + util::printable(e.what()) + "\n";
+      }
+      if (!ch_->send(msg::CliReply{c->id, out}))
+        ch_->send(msg::CliReply{c->id, "The answer is too large (" + std::to_string(out.size()) +
+                                           " bytes) for the master channel.\n"});
+    } else {
+      log_->warn("unexpected {} message from the master: ignored", msg::name(m));
     }
   }
 
-  void init(const nlohmann::json& m) {
+  void init(const msg::Init& m) {
+    size_t agent = 0;
     try {
-      const std::string level = m.value("log_level", "");
-      cfg_ = config::parse_config(m.value("config", ""), m.value("file", ""));
-      util::set_log_level(level.empty() ? cfg_.log_level : level);
-      const size_t agent = m.value("agent", size_t{0});
-      if (agent >= cfg_.agents.size())
-        throw std::runtime_error("no agent #" + std::to_string(agent));
-      const int listen_fd = m.value("listen_fd", -1);
-      worker_ = std::make_unique<runtime::Worker>(
-          loop_, std::vector<config::AgentConfig>{cfg_.agents[agent]});
+      cfg_ = config::parse_config(m.config, m.file);
+      util::set_log_level(m.log_level.empty() ? cfg_.log_level : m.log_level);
+      if (m.agent >= cfg_.agents.size())
+        throw std::runtime_error("no agent #" + std::to_string(m.agent));
+      agent = m.agent;
+    } catch (const std::exception& e) {
+      fail_init(e.what());
+      return;
+    }
+    const config::AgentConfig& ac = cfg_.agents[agent];
+    try {
+      worker_ = std::make_unique<runtime::Worker>(loop_, std::vector<config::AgentConfig>{ac});
       cli::WorkerIdentity id;
       id.pid = ::getpid();
-      id.relative_pid = m.value("relative_pid", 0);
-      id.generation = m.value("generation", 0);
+      id.relative_pid = static_cast<int>(m.relative_pid);
+      id.generation = static_cast<int>(m.generation);
       id.version = SPOAD_VERSION;
       id.start_time_s = static_cast<uint64_t>(std::time(nullptr));
-      worker_->start({listen_fd});
+      worker_->start({static_cast<int>(m.listen_fd)});
       for (const auto& s : worker_->servers()) {
         const std::string name = s->config().name;
-        s->set_engine_callback([this](const std::string& id) {
-          if (ch_) ch_->send({{"type", "engine"}, {"id", id}});
+        s->set_engine_callback([this](const std::string& engine) {
+          if (ch_) ch_->send(msg::Engine{engine});
         });
         s->set_hand_off([this, name](const nlohmann::json& state, uv_stream_t* handle,
                                      std::function<void(bool)> done) {
@@ -104,18 +117,24 @@ class WorkerProcess {
             return;
           }
           ++unacked_;
-          ch_->send_handle({{"type", "handoff"}, {"agent", name}, {"state", state}}, handle,
+          ch_->send_handle(msg::Handoff{name, msg::state_from_json(state)}, handle,
                            std::move(done));
         });
       }
       cli_ = std::make_unique<cli::WorkerCli>(*worker_, id);
-      ch_->send({{"type", "ready"}, {"pid", id.pid}, {"version", id.version}});
+      ch_->send(msg::Ready{id.pid, id.version});
     } catch (const std::exception& e) {
-      log_->critical("cannot start: {}", e.what());
-      ch_->send({{"type", "error"}, {"message", e.what()}});
-      status_ = 1;
-      stop(false);
+      // As `spoad -c` words it (cmd/spoad/main.cpp): the file, the agent's line, its name.
+      fail_init(
+          config::ConfigError(cfg_.file, ac.line, "agents", ac.name + ": " + e.what()).what());
     }
+  }
+
+  void fail_init(const std::string& why) {
+    log_->critical("cannot start: {}", util::printable(why, 4096));
+    if (ch_) ch_->send(msg::Error{why});
+    status_ = 1;
+    stop(false);
   }
 
   static void on_signal(uv_signal_t* s, int signum) {
@@ -155,12 +174,12 @@ class WorkerProcess {
   }
 
   // A connection from a worker of the previous generation, at a safe point.
-  void adopt(const nlohmann::json& m, int sock) {
+  void adopt(const msg::Adopt& m, int sock) {
     if (sock < 0) return;
     if (worker_)
       for (const auto& s : worker_->servers())
-        if (s->config().name == m.value("agent", "")) {
-          s->adopt(sock, m.value("state", nlohmann::json::object()));
+        if (s->config().name == m.agent) {
+          s->adopt(sock, msg::state_to_json(m.state));
           return;
         }
     ::close(sock);

@@ -1,0 +1,140 @@
+// The messages of the master <-> worker channel (supervisor/channel.h): one struct per message
+// type, and their wire codec. Every text field is a byte string: configuration text, CLI words
+// and answers, engine-ids and error messages travel unchanged, whatever their bytes (invalid
+// UTF-8, NUL, control bytes). Nothing here throws on any input, except std::bad_alloc.
+//
+// Frame layout (all of it ours; both ends are the same spoad binary):
+//   u32 length   big-endian, bytes after these 4, 2..kMaxMessage
+//   u8  flags    bit 0: a socket travels with this frame (SCM_RIGHTS); set for exactly the
+//                types that carry one (Adopt, Handoff); other bits are 0
+//   u8  type     the alternative's index in Message + 1 (Init = 1 ... Engine = 11). A reload
+//                may run a newer binary beside an older master: only append new types.
+//   fields       in declaration order: integers as LEB128 varints (signed ones zigzag-encoded
+//                first), bools as one byte 0 or 1, byte strings as a varint length and the raw
+//                bytes, lists as a varint count and the items
+// Decoding checks every length against the bytes left before it allocates, rejects trailing
+// bytes, unknown types and flags, and never recurses, so garbage costs at most one frame.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+namespace spoad::supervisor::msg {
+
+// The largest frame (bytes after the length) either end sends or accepts: above it the
+// sender refuses to send and the receiver closes the channel.
+inline constexpr size_t kMaxMessage = 64u << 20;
+
+// How an old worker lets go of its connections (runtime::DrainMode).
+enum class StopMode : uint8_t { kDisconnect = 0, kHandOff = 1, kWait = 2 };
+
+// The state of an established SPOP connection handed from an old worker to a new one: a flat
+// list of named scalars, the runtime's state object (runtime/connection.cpp) field by field.
+struct StateField {
+  std::string key;
+  std::variant<bool, uint64_t, int64_t, std::string> value;
+  bool operator==(const StateField&) const = default;
+};
+using ConnState = std::vector<StateField>;
+
+// ---- master -> worker ---------------------------------------------------------------------
+struct Init {          // the first message: what to serve
+  std::string config;  // the configuration file's bytes, as the master validated them
+  std::string file;    // its path, for error messages
+  uint64_t agent = 0;  // index in the file's agents list
+  int64_t relative_pid = 0;
+  int64_t generation = 0;
+  int64_t listen_fd = -1;  // the inherited listening socket of a unix agent, or -1
+  std::string log_level;   // -l, or "" for the file's
+  bool operator==(const Init&) const = default;
+};
+struct CliRequest {  // run one command: the words exactly as the master CLI parsed them
+  uint64_t id = 0;
+  std::vector<std::string> words;
+  bool operator==(const CliRequest&) const = default;
+};
+struct SoftStop {  // as SIGUSR1, bounded by grace_ms (milliseconds)
+  uint64_t grace_ms = 0;
+  StopMode mode = StopMode::kDisconnect;
+  bool operator==(const SoftStop&) const = default;
+};
+struct HandOver {  // a successor starts: close the connections of new engines at HELLO
+  std::vector<std::string> engines;
+  bool operator==(const HandOver&) const = default;
+};
+struct Adopt {  // + a socket: serve this established connection
+  std::string agent;
+  ConnState state;
+  bool operator==(const Adopt&) const = default;
+};
+struct HandoffAck {  // the master read a Handoff (the worker may exit)
+  bool operator==(const HandoffAck&) const = default;
+};
+
+// ---- worker -> master ---------------------------------------------------------------------
+struct Ready {  // the agent listens: the worker serves
+  int64_t pid = 0;
+  std::string version;
+  bool operator==(const Ready&) const = default;
+};
+struct Error {  // the worker could not start; it exits
+  std::string message;
+  bool operator==(const Error&) const = default;
+};
+struct CliReply {  // the answer to CliRequest `id`
+  uint64_t id = 0;
+  std::string output;
+  bool operator==(const CliReply&) const = default;
+};
+struct Handoff {  // + a socket: an idle connection for the new generation
+  std::string agent;
+  ConnState state;
+  bool operator==(const Handoff&) const = default;
+};
+struct Engine {  // an engine-id (one HAProxy process) this worker saw first
+  std::string id;
+  bool operator==(const Engine&) const = default;
+};
+
+using Message = std::variant<Init, CliRequest, SoftStop, HandOver, Adopt, HandoffAck, Ready, Error,
+                             CliReply, Handoff, Engine>;
+
+// The message's name, for logs ("init", "cli-request", ...).
+const char* name(const Message& m);
+
+// True for the types that travel with a socket (Adopt, Handoff).
+bool carries_fd(const Message& m);
+
+// Appends `m` as one frame to `out`. Returns false, leaving `out` unchanged, when the frame
+// would exceed kMaxMessage.
+bool encode(const Message& m, std::string& out);
+
+struct Decoded {
+  enum class Status {
+    kMessage,   // `message` holds a frame's message; `used` bytes consumed
+    kNeedMore,  // no whole frame yet
+    kBadFrame,  // a whole frame that is not a valid message: skip `used` bytes; `with_fd` says
+                // whether a socket came with it (the caller closes it); `error` says why
+    kTooBig,    // the length exceeds kMaxMessage: the stream cannot be trusted any more
+  };
+  Status status = Status::kNeedMore;
+  size_t used = 0;  // bytes of `in` this frame took (length prefix included)
+  bool with_fd = false;
+  Message message;
+  const char* error = "";
+};
+
+// Reads the frame at the start of `in` (any bytes). Never reads past `in`.
+Decoded decode(std::string_view in);
+
+// The runtime's hand-off state object <-> ConnState. Members of `state` that are not scalars
+// (arrays, objects, floats, null) are dropped; strings stay bytes in both directions.
+ConnState state_from_json(const nlohmann::json& state);
+nlohmann::json state_to_json(const ConnState& state);
+
+}  // namespace spoad::supervisor::msg
