@@ -18,6 +18,7 @@
 #include <stdexcept>
 
 #include "spop/reader.h"
+#include "util/escape.h"
 #include "util/log.h"
 
 namespace spoad::agents::ip_checker {
@@ -74,16 +75,18 @@ ListConfig parse_list(config::Options& item, bool allow, std::set<std::string>* 
     lc.file = resolve_path(item.file(), f);
     struct stat st;
     if (::stat(lc.file.c_str(), &st) != 0 || ::access(lc.file.c_str(), R_OK) != 0)
-      item.fail("file", "cannot read \"" + lc.file + "\": " + std::strerror(errno));
-    if (S_ISDIR(st.st_mode)) item.fail("file", "\"" + lc.file + "\" is a directory");
+      item.fail("file",
+                "cannot read \"" + util::printable(lc.file, 4096) + "\": " + std::strerror(errno));
+    if (S_ISDIR(st.st_mode))
+      item.fail("file", "\"" + util::printable(lc.file, 4096) + "\" is a directory");
   } else {
     auto pl = std::make_shared<ParsedList>();
     const std::vector<std::string> entries = item.str_list("entries");
     for (size_t i = 0; i < entries.size(); ++i) {
       const char* why = "";
       if (!add_entry(trim(entries[i]), pl.get(), &why))
-        item.fail("entries",
-                  "entry " + std::to_string(i + 1) + " \"" + printable(entries[i]) + "\": " + why);
+        item.fail("entries", "entry " + std::to_string(i + 1) + " \"" +
+                                 util::printable(entries[i], 64) + "\": " + why);
     }
     lc.inline_entries = std::move(pl);
   }
@@ -148,7 +151,7 @@ bool address_of(const spop::Value& v, Address* a, std::string* why) {
       return true;
     case spop::DataType::kString:
       if (parse_address(trim(v.bytes), a)) return true;
-      *why = "\"" + printable(v.bytes) + "\" is not an IP address";
+      *why = "\"" + util::printable(v.bytes, 64) + "\" is not an IP address";
       return false;
     case spop::DataType::kNull:
       *why = "no value (null: the sample was missing)";
@@ -240,7 +243,7 @@ void IpCheckerAgent::load(Job& job) {
         changed = true;
       }
     } catch (const std::exception& e) {
-      out.error = in.file + ": " + e.what();
+      out.error = util::printable(in.file, 4096) + ": " + util::printable(e.what());
     }
     out.ms = ms_since(t0);
   }
@@ -292,12 +295,13 @@ void IpCheckerAgent::apply(Job& job, bool startup) {
         ++reloads_ok_;
       }
       ctx_.log->info("list {}: {} {} entries from {} in {:.0f} ms", st.cfg.info.name,
-                     startup ? "loaded" : "reloaded", st.data->prefixes.size(), st.cfg.file, o.ms);
+                     startup ? "loaded" : "reloaded", st.data->prefixes.size(),
+                     util::printable(st.cfg.file, 4096), o.ms);
       if (st.data->masked > 0)
         ctx_.log->warn(
             "list {}: {} entries of {} had host bits set beyond their prefix length; "
             "they were cleared (10.0.0.1/8 is read as 10.0.0.0/8)",
-            st.cfg.info.name, st.data->masked, st.cfg.file);
+            st.cfg.info.name, st.data->masked, util::printable(st.cfg.file, 4096));
     } else {
       st.error = o.error;
       if (!startup) {
@@ -373,7 +377,7 @@ void IpCheckerAgent::warn_bad_argument(const std::string& what) {
   if (!log_limiter_.allow(now_ms())) return;
   if (const uint64_t n = log_limiter_.take_suppressed(); n > 0)
     ctx_.log->warn("{} similar messages suppressed", n);
-  ctx_.log->warn("message {}: {}: no score set", opts_.message, what);
+  ctx_.log->warn("message \"{}\": {}: no score set", util::printable(opts_.message), what);
 }
 
 void IpCheckerAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
@@ -387,12 +391,13 @@ void IpCheckerAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
   std::string why;
   if (!arg) {
     ++bad_argument_;
-    warn_bad_argument("no argument \"" + opts_.argument + "\" and no other argument");
+    warn_bad_argument("no argument \"" + util::printable(opts_.argument) +
+                      "\" and no other argument");
     return;
   }
   if (!address_of(arg->value, &a, &why)) {
     ++bad_argument_;
-    warn_bad_argument("argument \"" + printable(arg->name) + "\": " + why);
+    warn_bad_argument("argument \"" + util::printable(arg->name, 64) + "\": " + why);
     return;
   }
   ++checks_;
@@ -443,13 +448,14 @@ void IpCheckerAgent::start() {
     handles_.push_back(b);
     const int rc = uv_fs_event_start(&b->u.fs, on_fs_event, dir.c_str(), 0);
     if (rc != 0) {
-      ctx_.log->error("cannot watch {}: {}; its lists reload only on a reload command", dir,
-                      uv_strerror(rc));
+      ctx_.log->error("cannot watch {}: {}; its lists reload only on a reload command",
+                      util::printable(dir, 4096), uv_strerror(rc));
       b->closing = true;
       uv_close(&b->u.handle, on_handle_closed);
       continue;
     }
-    ctx_.log->debug("watching {} for changes to {} list file(s)", dir, files.size());
+    ctx_.log->debug("watching {} for changes to {} list file(s)", util::printable(dir, 4096),
+                    files.size());
   }
 }
 
@@ -459,7 +465,7 @@ void IpCheckerAgent::on_fs_event(uv_fs_event_t* h, const char* filename, int eve
   IpCheckerAgent* self = b->self;
   if (!self || self->stopping_) return;
   if (status < 0) {
-    self->ctx_.log->warn("watching {}: {}", b->dir, uv_strerror(status));
+    self->ctx_.log->warn("watching {}: {}", util::printable(b->dir, 4096), uv_strerror(status));
     return;
   }
   if (!b->any_event && filename &&
@@ -598,7 +604,7 @@ void IpCheckerAgent::stats(nlohmann::json& out) const {
     l["kind"] = st.cfg.info.allow ? "allow" : "deny";
     if (!st.cfg.info.allow) l["score"] = st.cfg.info.score;
     l["entries"] = st.data ? st.data->prefixes.size() : 0;
-    l["source"] = st.cfg.file.empty() ? "inline" : st.cfg.file;
+    l["source"] = st.cfg.file.empty() ? "inline" : util::to_utf8(st.cfg.file);
     l["loaded_at"] = format_time(st.loaded_at_ms);
     l["status"] = st.error.empty() ? "ok" : "failed";
     if (!st.error.empty()) l["error"] = st.error;
@@ -616,8 +622,8 @@ std::string IpCheckerAgent::show_lists() const {
     rows.push_back({st.cfg.info.name, st.cfg.info.allow ? "allow" : "deny",
                     st.cfg.info.allow ? "-" : std::to_string(st.cfg.info.score),
                     std::to_string(st.data ? st.data->prefixes.size() : 0),
-                    st.cfg.file.empty() ? "inline" : st.cfg.file, format_time(st.loaded_at_ms),
-                    st.error.empty() ? "ok" : "failed: " + st.error});
+                    st.cfg.file.empty() ? "inline" : util::printable(st.cfg.file, 4096),
+                    format_time(st.loaded_at_ms), st.error.empty() ? "ok" : "failed: " + st.error});
   }
   std::vector<size_t> width(rows[0].size(), 0);
   for (const auto& r : rows)
@@ -637,7 +643,7 @@ std::string IpCheckerAgent::show_lists() const {
 std::string IpCheckerAgent::show_ip(const std::string& address) const {
   Address a;
   if (!parse_address(trim(address), &a))
-    return "not an IP address: \"" + printable(address) + "\"\n";
+    return "not an IP address: \"" + util::printable(address, 64) + "\"\n";
   const Verdict v = check(a);
   const bool blocked = !v.allowed && v.score >= opts_.block_threshold;
   std::string out = to_string(a) + " ip_score=" + std::to_string(v.score) +

@@ -5,10 +5,11 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <vector>
+
+#include "util/escape.h"
 
 namespace spoad::agents::ip_checker {
 
@@ -16,6 +17,13 @@ namespace {
 
 constexpr size_t kReadChunk = 1 << 20;  // bytes read at a time
 constexpr size_t kMaxLine = 4096;       // longer lines are errors (no entry is that long)
+constexpr size_t kShownEntry = 64;      // bytes of a malformed entry quoted in an error
+constexpr size_t kShownPath = 4096;     // bytes of a file name in an error (PATH_MAX)
+
+// A file name as errors show it: file names are bytes, and errors reach logs and the CLI.
+std::string shown(const std::string& path) {
+  return util::printable(path, kShownPath);
+}
 
 std::string_view trim(std::string_view s) {
   constexpr std::string_view kSpace = " \t\r\v\f";
@@ -25,31 +33,11 @@ std::string_view trim(std::string_view s) {
   return s.substr(b, e - b + 1);
 }
 
-}  // namespace
-
-std::string printable(std::string_view s, size_t max) {
-  std::string out;
-  for (size_t i = 0; i < s.size() && i < max; ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x20 || c == 0x7f || c == '"' || c == '\\') {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (s.size() > max) out += "...";
-  return out;
-}
-
-namespace {
-
 // One line of a list file (without its '\n').
 bool parse_line(std::string_view line, size_t lineno, const std::string& source, ParsedList* out,
                 std::string* err) {
   if (line.size() > kMaxLine) {
-    *err = source + ":" + std::to_string(lineno) + ": line too long (more than " +
+    *err = shown(source) + ":" + std::to_string(lineno) + ": line too long (more than " +
            std::to_string(kMaxLine) + " bytes)";
     return false;
   }
@@ -60,8 +48,8 @@ bool parse_line(std::string_view line, size_t lineno, const std::string& source,
   if (line.empty()) return true;
   const char* why = "";
   if (add_entry(line, out, &why)) return true;
-  *err = source + ":" + std::to_string(lineno) + ": malformed entry \"" + printable(line) +
-         "\": " + why;
+  *err = shown(source) + ":" + std::to_string(lineno) + ": malformed entry \"" +
+         util::printable(line, kShownEntry) + "\": " + why;
   return false;
 }
 
@@ -111,7 +99,7 @@ bool parse_list_text(std::string_view text, const std::string& source, ParsedLis
 bool load_list_file(const std::string& path, ParsedList* out, std::string* err, FileSig* sig) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    *err = path + ": cannot open: " + std::strerror(errno);
+    *err = shown(path) + ": cannot open: " + std::strerror(errno);
     return false;
   }
   if (sig) {
@@ -140,7 +128,7 @@ bool load_list_file(const std::string& path, ParsedList* out, std::string* err, 
     const ssize_t n = ::read(fd, buf.data() + have, buf.size() - have);
     if (n < 0) {
       if (errno == EINTR) continue;
-      *err = path + ": cannot read: " + std::strerror(errno);
+      *err = shown(path) + ": cannot read: " + std::strerror(errno);
       ok = false;
       break;
     }
@@ -161,7 +149,7 @@ bool load_list_file(const std::string& path, ParsedList* out, std::string* err, 
       break;
     }
     if (have > kMaxLine) {
-      *err = path + ":" + std::to_string(lineno + 1) + ": line too long (more than " +
+      *err = shown(path) + ":" + std::to_string(lineno + 1) + ": line too long (more than " +
              std::to_string(kMaxLine) + " bytes)";
       ok = false;
       break;

@@ -41,10 +41,6 @@ struct FileSig {
   bool operator==(const FileSig&) const = default;
 };
 
-// `s` as it can be shown in a log line: at most `max` characters (then "..."), control
-// characters, quotes and backslashes escaped as \xNN.
-std::string printable(std::string_view s, size_t max = 64);
-
 // stat() of `path` (following symlinks). A missing file gives exists = false.
 FileSig file_sig(const std::string& path);
 

@@ -206,9 +206,24 @@ TEST(IpLists, LongLineIsAnError) {
   EXPECT_NE(err.find(path + ":2: line too long"), std::string::npos) << err;
 }
 
-TEST(IpLists, PrintableEscapes) {
-  EXPECT_EQ(printable("a\"b\\c\x01"), "a\\x22b\\x5cc\\x01");
-  EXPECT_EQ(printable(std::string(70, 'x'), 64), std::string(64, 'x') + "...");
+// A malformed entry is quoted in the error (which reaches logs, the CLI and JSON) as printable
+// ASCII: control bytes and every non-ASCII byte escaped, at most 64 bytes shown, so that a
+// UTF-8 character at the cut cannot be split into invalid UTF-8.
+TEST(IpLists, MalformedEntryIsQuotedAsAscii) {
+  for (const std::string& entry : {std::string(63, 'a') + "\xc3\xa9", std::string("\x1b[31mx\"\\"),
+                                   std::string("\xff\xfe"), std::string(200, 'b')}) {
+    ParsedList l;
+    std::string err;
+    EXPECT_FALSE(parse_list_text(entry + "\n", "list.txt", &l, &err));
+    for (char c : err)
+      EXPECT_TRUE(c >= 0x20 && c < 0x7f)
+          << "byte " << int(static_cast<unsigned char>(c)) << " in " << err;
+    EXPECT_EQ(err.rfind("list.txt:1: malformed entry \"", 0), 0u) << err;
+  }
+  ParsedList l;
+  std::string err;
+  EXPECT_FALSE(parse_list_text(std::string(63, 'a') + "\xc3\xa9\n", "f", &l, &err));
+  EXPECT_NE(err.find(std::string(63, 'a') + "\\xc3...(65 bytes)"), std::string::npos) << err;
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include "http/curl_loop.h"
 #include "spop/reader.h"
+#include "util/escape.h"
 
 namespace spoad::agents::mirror {
 
@@ -184,7 +185,7 @@ void MirrorAgent::bad(const char* what) {
   ++stats_.bad_messages;
   if (ctx_.log && ctx_.loop && bad_log_.allow(uv_now(ctx_.loop))) {
     const uint64_t more = bad_log_.take_suppressed();
-    ctx_.log->warn("message '{}' not replayed: {}{}", opts_.message, what,
+    ctx_.log->warn("message \"{}\" not replayed: {}{}", util::printable(opts_.message), what,
                    more ? fmt::format(" ({} more since)", more) : std::string());
   }
 }
@@ -359,8 +360,10 @@ void MirrorAgent::finish(Replay* r, CURLcode result, long status) {
     }
     if (ctx_.log && fail_log_.allow(uv_now(ctx_.loop))) {
       const uint64_t more = fail_log_.take_suppressed();
-      ctx_.log->warn("replay {} {} failed ({}): {}{}", r->method, r->url, failure_name(f),
-                     r->errbuf[0] ? r->errbuf : curl_easy_strerror(result),
+      // The URL holds the request's path (outside bytes), and curl's message may quote it.
+      ctx_.log->warn("replay {} {} failed ({}): {}{}", util::printable(r->method),
+                     util::printable(r->url), failure_name(f),
+                     util::printable(r->errbuf[0] ? r->errbuf : curl_easy_strerror(result)),
                      more ? fmt::format(" ({} more failures since)", more) : std::string());
     }
   } else {

@@ -3,9 +3,11 @@
 #include "agents/mirror/mirror.h"
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
 #include <yaml-cpp/yaml.h>
 
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -52,11 +54,13 @@ std::unique_ptr<MirrorOptions> parse(const std::string& yaml) {
 
 class Mirror {
  public:
-  Mirror(uv_loop_t* loop, const std::string& yaml) : opts_(parse(yaml)) {
+  Mirror(uv_loop_t* loop, const std::string& yaml,
+         std::shared_ptr<spdlog::logger> log = util::make_logger("mirror"))
+      : opts_(parse(yaml)) {
     agent::Context ctx;
     ctx.name = "mirror";
     ctx.loop = loop;
-    ctx.log = util::make_logger("mirror");
+    ctx.log = std::move(log);
     agent_ = std::make_unique<MirrorAgent>(ctx, *opts_);
     agent_->start();
   }
@@ -246,6 +250,30 @@ TEST(MirrorAgent, TargetDownIsCountedAsConnectFailure) {
   ASSERT_TRUE(run_until(loop.get(), [&] { return m.stats().failed_connect == 5; }));
   EXPECT_EQ(m.stats().sent, 0u);
   EXPECT_EQ(m.stats().in_flight, 0u);
+  EXPECT_TRUE(m.stop(loop.get()));
+}
+
+// A failed replay is logged with its URL, which holds the request's path: outside bytes. The
+// line shows them escaped (util::printable), so an ESC sequence or a forged line cannot pass.
+TEST(MirrorAgent, FailureLogEscapesThePath) {
+  TestLoop loop;
+  TestHttpServer srv;
+  srv.down();
+  std::ostringstream out;
+  auto log = std::make_shared<spdlog::logger>(
+      "mirror-test", std::make_shared<spdlog::sinks::ostream_sink_st>(out));
+  log->set_pattern("%v");
+  Mirror m(loop.get(), target_yaml(srv), log);
+  m.send({S("arg_method", "GET"), S("arg_path", "/\x1b[31mred\x1b[0m\x7f\xc3\xa9\"q\"")});
+  // curl refuses such a URL or cannot connect: either way the replay fails and is logged.
+  ASSERT_TRUE(run_until(loop.get(),
+                        [&] { return m.stats().failed_connect + m.stats().failed_other == 1; }));
+  log->flush();
+  const std::string text = out.str();
+  ASSERT_NE(text.find("replay GET"), std::string::npos) << text;
+  EXPECT_NE(text.find("/\\x1b[31mred\\x1b[0m\\x7f\\xc3\\xa9\\\"q\\\""), std::string::npos) << text;
+  for (char c : text)
+    EXPECT_TRUE(c == '\n' || (c >= 0x20 && c < 0x7f)) << "byte " << int(static_cast<uint8_t>(c));
   EXPECT_TRUE(m.stop(loop.get()));
 }
 

@@ -185,8 +185,8 @@ ReplayHeaders build_headers(std::string_view method, const std::vector<Header>& 
       announced_body = true;
       const std::string_view v = trim(h.value);
       long long n = 0;
-      bool ok = !v.empty() && v.size() <= 18;
-      for (char c : v) {
+      bool ok = !v.empty() && v.size() <= 18;  // 18 digits cannot overflow a long long
+      for (char c : ok ? v : std::string_view()) {
         if (c < '0' || c > '9') {
           ok = false;
           break;

@@ -67,7 +67,7 @@ Fields WorkerCli::info() const {
     auto add = [](std::string& to, const std::string& v) { to += (to.empty() ? "" : ",") + v; };
     add(agents, s->config().name);
     add(types, s->config().type);
-    add(listeners, s->config().listen.str());
+    add(listeners, s->address());
   }
   return {
       {"Name", "spoad"},
@@ -120,6 +120,14 @@ std::vector<Fields> WorkerCli::stat() const {
         {"disconnects_received", st.disconnects_received},
         {"handed_off", st.handed_off},
         {"adopted", st.adopted},
+        {"reassembly_bytes", s->reassembly_budget().used()},
+        {"reassembly_bytes_max", s->reassembly_budget().peak()},
+        {"reassembly_limit", s->reassembly_budget().limit()},
+        {"reassembly_refused", st.reassembly_refused},
+        {"fragment_timeouts", st.fragment_timeouts},
+        {"max_connections", s->config().runtime.max_connections},
+        {"max_conn_reached", st.max_conn_reached},
+        {"accept_errors", st.accept_errors},
     };
     for (size_t i = 0; i < st.disconnects_sent.size(); ++i)
       f.emplace_back(std::string("disconnect_") + kDisconnectNames[i], st.disconnects_sent[i]);
@@ -155,7 +163,8 @@ std::string WorkerCli::execute(const Words& w) {
     return info_text(info());
   }
   if (w.size() >= 2 && w[0] == "show" && w[1] == "stat") {
-    if (w.size() >= 3 && w[2] == "json") return stat_json().dump(2) + "\n";
+    if (w.size() >= 3 && w[2] == "json")  // agents' counters may hold outside bytes
+      return stat_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
     return stat_csv(stat());
   }
   if (w.size() == 2 && w[0] == "show" && w[1] == "version") return id_.version + "\n";

@@ -10,6 +10,7 @@
 
 #include "runtime/server.h"
 #include "spop/frames.h"
+#include "util/escape.h"
 
 namespace spoad::runtime {
 
@@ -48,7 +49,7 @@ std::string unhex(const std::string& s) {
 Connection::Connection(Server& server)
     : server_(server),
       max_frame_size_(server.config().runtime.max_frame_size),
-      reasm_(server.config().runtime.max_fragmented_size) {
+      reasm_(server.config().runtime.max_fragmented_size, &server.reassembly_budget()) {
   if (server_.config().listen.kind == config::ListenAddress::Kind::kUnix)
     uv_pipe_init(server_.loop(), &handle_.pipe, 0);
   else
@@ -68,15 +69,10 @@ uv_loop_t* Connection::loop() const {
   return server_.loop();
 }
 
-int Connection::accept(uv_stream_t* listener) {
-  const int rc = uv_accept(listener, stream());
-  if (rc != 0) return rc;
-  started();
-  return 0;
-}
-
 int Connection::adopt(int fd) {
-  const int rc = uv_tcp_open(&handle_.tcp, fd);
+  const int rc = server_.config().listen.kind == config::ListenAddress::Kind::kUnix
+                     ? uv_pipe_open(&handle_.pipe, fd)
+                     : uv_tcp_open(&handle_.tcp, fd);
   if (rc != 0) return rc;
   started();
   return 0;
@@ -89,7 +85,7 @@ int Connection::adopt_established(int fd, const nlohmann::json& st) {
   if (rc != 0) return rc;
   if (server_.config().listen.kind == config::ListenAddress::Kind::kTcp)
     uv_tcp_nodelay(&handle_.tcp, 1);
-  peer_ = st.value("peer", std::string("?"));
+  peer_ = util::printable(st.value("peer", std::string("?")), 64);  // logged as is from now on
   max_frame_size_ = std::min<uint32_t>(st.value("max_frame_size", uint32_t{spop::kMinFrameSize}),
                                        server_.config().runtime.max_frame_size);
   caps_.pipelining = st.value("pipelining", false);
@@ -140,7 +136,9 @@ void Connection::started() {
 void Connection::arm_timer() {
   if (state_ == State::kClosed) return;
   const uint64_t now = uv_now(loop());
-  const uint64_t wait = deadline_ms_ > now ? deadline_ms_ - now : 0;
+  uint64_t due = deadline_ms_;
+  if (state_ == State::kReady && reasm_.active()) due = std::min(due, fragment_deadline_ms_);
+  const uint64_t wait = due > now ? due - now : 0;
   uv_timer_start(&timer_, on_timer, wait, 0);
 }
 
@@ -163,6 +161,17 @@ void Connection::on_timer(uv_timer_t* t) {
       if (now >= c->deadline_ms_) {
         c->fail(spop::Result::Fail(spop::Status::kTimeout, "idle timeout"));
         return;
+      }
+      if (c->reasm_.active() && now >= c->fragment_deadline_ms_) {
+        if (!c->reading_) {
+          // We stopped reading (backpressure): HAProxy cannot send the rest. Wait again.
+          c->fragment_deadline_ms_ = now + rt.fragment_timeout_ms;
+        } else {
+          ++c->server_.mutable_stats().fragment_timeouts;
+          c->fail(spop::Result::Fail(spop::Status::kTimeout,
+                                     "fragmented NOTIFY not completed within timeout.fragment"));
+          return;
+        }
       }
       break;
     case State::kClosing:
@@ -324,8 +333,9 @@ void Connection::handle_hello(const spop::Frame& f) {
   }
   if (server_.log().should_log(spdlog::level::debug))
     server_.log().debug(
-        "HELLO from {}: engine-id={} max-frame-size={} (negotiated {}) capabilities=\"{}\"", peer_,
-        h.engine_id, h.max_frame_size, max_frame_size_, h.capabilities);
+        "HELLO from {}: engine-id=\"{}\" max-frame-size={} (negotiated {}) capabilities=\"{}\"",
+        peer_, util::printable(h.engine_id), h.max_frame_size, max_frame_size_,
+        util::printable(h.capabilities));
   state_ = State::kReady;
   set_inflight(0);
   deadline_ms_ = last_activity_ms_ + rt.idle_timeout_ms;
@@ -345,11 +355,22 @@ void Connection::handle_notify(const spop::Frame& f) {
   }
   spop::Reassembler::Step step;
   spop::Bytes payload;
+  const bool first = !reasm_.active();
   if (spop::Result r = reasm_.feed(f, &step, &payload); !r.ok()) {
+    if (r.status == spop::Status::kResourceError) {
+      refuse_fragment(f);
+      return;
+    }
     fail(r);
     return;
   }
-  if (step == spop::Reassembler::Step::kPending) return;
+  if (step == spop::Reassembler::Step::kPending) {
+    if (first) {  // the first fragment: the whole NOTIFY must follow within timeout.fragment
+      fragment_deadline_ms_ = uv_now(loop()) + server_.config().runtime.fragment_timeout_ms;
+      arm_timer();
+    }
+    return;
+  }
   if (step == spop::Reassembler::Step::kAborted) {
     ++server_.mutable_stats().aborted_total;
     return;
@@ -361,6 +382,23 @@ void Connection::handle_notify(const spop::Frame& f) {
     return;
   }
   dispatch(payload, nmessages, f.stream_id, f.frame_id);
+  reasm_.reset();  // the agent has seen the messages: free the reassembled payload now
+}
+
+void Connection::refuse_fragment(const spop::Frame& f) {
+  // The worker's reassembly budget is used up: this connection goes, the others stay.
+  Stats& st = server_.mutable_stats();
+  ++st.reassembly_refused;
+  ++st.errors_total;
+  const spop::ReassemblyBudget& b = server_.reassembly_budget();
+  if (server_.limits_log_allow())
+    server_.log().warn(
+        "connection from {}: fragment of stream-id {} frame-id {} refused: the reassembly "
+        "budget is used up ({} of max-reassembly-bytes {} held by other connections); sending "
+        "AGENT-DISCONNECT status {} and closing this connection",
+        peer_, f.stream_id, f.frame_id, b.used(), b.limit(),
+        static_cast<uint32_t>(spop::Status::kResourceError));
+  disconnect(spop::Status::kResourceError, "reassembly budget of the agent used up");
 }
 
 agent::Reply* Connection::new_reply() {
@@ -385,7 +423,8 @@ void Connection::dispatch(spop::Bytes payload, uint32_t nmessages, uint64_t sid,
     try {
       ag.on_message(m, *r);
     } catch (const std::exception& e) {
-      server_.log().error("agent failed on message \"{}\": {}", m.name, e.what());
+      server_.log().error("agent failed on message \"{}\": {}", util::printable(m.name),
+                          util::printable(e.what()));
     }
   }
   r->release();  // the runtime's hold; the ACK leaves now unless the agent deferred it
@@ -465,10 +504,10 @@ void Connection::handle_disconnect(const spop::Frame& f) {
     return;
   }
   if (d.status_code == 0)
-    server_.log().debug("HAPROXY-DISCONNECT from {}: {}", peer_, d.message);
-  else
-    server_.log().info("HAPROXY-DISCONNECT from {}: status {} ({})", peer_, d.status_code,
-                       d.message);
+    server_.log().debug("HAPROXY-DISCONNECT from {}: \"{}\"", peer_, util::printable(d.message));
+  else if (server_.log_limiter_allow())
+    server_.log().info("HAPROXY-DISCONNECT from {}: status {} (\"{}\")", peer_, d.status_code,
+                       util::printable(d.message));
   disconnect(spop::Status::kNormal, "");
 }
 
@@ -486,6 +525,7 @@ void Connection::disconnect(spop::Status status, const char* message) {
   if (state_ == State::kClosing || state_ == State::kClosed) return;
   std::string msg = message && *message ? message : std::string(spop::status_text(status));
   spop::write_agent_disconnect(out_, status, msg);
+  reasm_.reset();  // nothing more will be reassembled: free the buffer now
   ++server_.mutable_stats().disconnects_sent[Stats::status_index(status)];
   // No ACK can follow a DISCONNECT: cancel the replies still being built.
   for (agent::Reply* r : outstanding_)
@@ -611,6 +651,7 @@ void Connection::close_now() {
   for (agent::Reply* r : outstanding_)
     r->detach();
   outstanding_.clear();
+  reasm_.reset();
   state_ = State::kClosed;
   set_inflight(0);
   reading_ = false;

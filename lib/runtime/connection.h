@@ -2,6 +2,9 @@
 //
 //   accept -> wait HAPROXY-HELLO (hello timeout) -> AGENT-HELLO
 //          -> NOTIFY ... ACK (pipelined, fragments reassembled, idle timeout)
+//             (a fragmented NOTIFY must complete within the fragment timeout, and its buffer
+//             is charged to the server's reassembly budget: beyond it, AGENT-DISCONNECT
+//             status 13 "resource allocation error", SPOE.txt 3.5)
 //          -> HAPROXY-DISCONNECT -> AGENT-DISCONNECT status 0 -> close
 //   any protocol error -> AGENT-DISCONNECT <status> -> close
 //   EOF or RST -> close (a normal end, not an error)
@@ -47,10 +50,9 @@ class Connection final : public agent::Reply::Owner {
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  // Accepts a pending connection from `listener`. Returns a libuv error code (0 on success);
-  // on failure the caller must call close_now(), which frees the connection.
-  int accept(uv_stream_t* listener);
-  // Same, for a TCP socket `fd` accepted by the caller (owned from now on).
+  // Serves `fd`, a socket the caller accepted (TCP or Unix, as the server listens; owned from
+  // now on). Returns a libuv error code (0 on success); on failure the caller must close `fd`
+  // and call close_now(), which frees the connection.
   int adopt(int fd);
 
   // Closes at once, without a DISCONNECT (hard-stop). Outstanding replies are cancelled.
@@ -92,6 +94,7 @@ class Connection final : public agent::Reply::Owner {
   void handle_hello(const spop::Frame& f);
   void handle_notify(const spop::Frame& f);
   void handle_disconnect(const spop::Frame& f);
+  void refuse_fragment(const spop::Frame& f);  // reassembly budget used up
   void dispatch(spop::Bytes payload, uint32_t nmessages, uint64_t sid, uint64_t fid);
   void queue_ack(agent::Reply& reply);
   void fail(spop::Result error);
@@ -140,7 +143,8 @@ class Connection final : public agent::Reply::Owner {
   std::vector<agent::Reply*> free_replies_;
 
   uint64_t last_activity_ms_ = 0;
-  uint64_t deadline_ms_ = 0;  // hello, idle or closing deadline (loop time)
+  uint64_t deadline_ms_ = 0;           // hello, idle or closing deadline (loop time)
+  uint64_t fragment_deadline_ms_ = 0;  // while reassembling: when the NOTIFY must be whole
 };
 
 }  // namespace spoad::runtime

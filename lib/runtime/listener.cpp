@@ -12,12 +12,15 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "util/escape.h"
+
 namespace spoad::runtime {
 
 namespace {
 
+// `addr` may hold bytes from the configuration file (a unix path): shown escaped.
 [[noreturn]] void fail(const std::string& what, const std::string& addr, int err) {
-  throw std::runtime_error(what + " " + addr + ": " + std::strerror(err));
+  throw std::runtime_error(what + " " + util::printable(addr, 4096) + ": " + std::strerror(err));
 }
 
 }  // namespace
@@ -31,7 +34,8 @@ int listen_tcp(const config::ListenAddress& addr, int backlog) {
   const std::string port = std::to_string(addr.port);
   const int gai = ::getaddrinfo(addr.host.c_str(), port.c_str(), &hints, &res);
   if (gai != 0)
-    throw std::runtime_error("cannot resolve " + addr.str() + ": " + ::gai_strerror(gai));
+    throw std::runtime_error("cannot resolve " + util::printable(addr.str(), 4096) + ": " +
+                             ::gai_strerror(gai));
   const int family = res->ai_family;
   sockaddr_storage ss{};
   std::memcpy(&ss, res->ai_addr, res->ai_addrlen);
@@ -59,11 +63,11 @@ int listen_tcp(const config::ListenAddress& addr, int backlog) {
 int listen_unix(const std::string& path, int backlog, uint64_t* inode, int mode) {
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode))
-    throw std::runtime_error("cannot listen on unix:" + path +
+    throw std::runtime_error("cannot listen on unix:" + util::printable(path, 4096) +
                              ": the file exists and is not a socket");
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   if (tmp.size() >= sizeof(sockaddr_un::sun_path))
-    throw std::runtime_error("unix socket path too long: " + path);
+    throw std::runtime_error("unix socket path too long: " + util::printable(path, 4096));
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) fail("cannot create a socket for", "unix:" + path, errno);
   sockaddr_un sa{};

@@ -1,19 +1,37 @@
 #include "runtime/server.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <stdexcept>
 #include <vector>
 
 #include "runtime/connection.h"
 #include "runtime/listener.h"
+#include "util/escape.h"
 
 namespace spoad::runtime {
 
+namespace {
+
+// Connections accepted per readiness callback: the loop serves the others in between.
+constexpr int kAcceptBatch = 64;
+// Accept-error back-off: first pause and longest pause, in milliseconds.
+constexpr uint64_t kAcceptBackoffMinMs = 100;
+constexpr uint64_t kAcceptBackoffMaxMs = 1000;
+
+}  // namespace
+
 Server::Server(uv_loop_t* loop, const config::AgentConfig& cfg, std::unique_ptr<agent::Agent> agent,
                std::shared_ptr<spdlog::logger> log)
-    : loop_(loop), cfg_(cfg), agent_(std::move(agent)), log_(std::move(log)) {}
+    : loop_(loop),
+      cfg_(cfg),
+      agent_(std::move(agent)),
+      log_(std::move(log)),
+      reasm_budget_(cfg.runtime.max_reassembly_bytes) {}
 
 Server::~Server() = default;
 
@@ -21,70 +39,138 @@ uint64_t Server::now_us() {
   return uv_hrtime() / 1000;
 }
 
-bool Server::log_limiter_allow() {
+std::string Server::address() const {
+  return util::printable(cfg_.listen.str(), 4096);  // a unix path is bytes from the file
+}
+
+bool Server::allow(util::RateLimiter& limiter) {
   const uint64_t now = uv_now(loop_);
-  if (!log_limiter_.allow(now)) return false;
-  if (const uint64_t n = log_limiter_.take_suppressed(); n > 0)
+  if (!limiter.allow(now)) return false;
+  if (const uint64_t n = limiter.take_suppressed(); n > 0)
     log_->warn("{} similar messages suppressed", n);
   return true;
 }
 
+bool Server::log_limiter_allow() {
+  return allow(log_limiter_);
+}
+
+bool Server::limits_log_allow() {
+  return allow(limits_limiter_);
+}
+
 void Server::listen(int fd) {
-  const bool unix_socket = cfg_.listen.kind == config::ListenAddress::Kind::kUnix;
-  int rc = 0;
-  if (unix_socket) {
-    if (fd < 0) {
+  if (fd < 0) {
+    if (cfg_.listen.kind == config::ListenAddress::Kind::kUnix) {
       fd = listen_unix(cfg_.listen.path, cfg_.runtime.backlog, &unix_inode_);
       unix_path_ = cfg_.listen.path;
+    } else {
+      fd = listen_tcp(cfg_.listen, cfg_.runtime.backlog);
     }
-    uv_pipe_init(loop_, &listener_.pipe, 0);
-    rc = uv_pipe_open(&listener_.pipe, fd);
-  } else {
-    if (fd < 0) fd = listen_tcp(cfg_.listen, cfg_.runtime.backlog);
-    uv_tcp_init(loop_, &listener_.tcp);
-    rc = uv_tcp_open(&listener_.tcp, fd);
   }
-  listener_.tcp.data = this;
+  listen_fd_ = fd;
+  // A socket inherited from the master (unix agents) listens already; listen() again only
+  // applies the backlog.
+  int rc = ::listen(fd, cfg_.runtime.backlog) == 0 ? 0 : uv_translate_sys_error(errno);
+  if (rc == 0) rc = uv_poll_init(loop_, &poll_, fd);  // also makes it non-blocking
+  if (rc != 0) {
+    ::close(fd);
+    listen_fd_ = -1;
+    if (!unix_path_.empty()) unlink_if_owned(unix_path_, unix_inode_);
+    throw std::runtime_error("cannot listen on " + address() + ": " + uv_strerror(rc));
+  }
+  poll_.data = this;
+  uv_timer_init(loop_, &accept_timer_);
+  accept_timer_.data = this;
   listener_open_ = true;
-  if (rc == 0)
-    rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener_), cfg_.runtime.backlog, on_connection);
-  if (rc != 0) {
-    close_listener();
-    throw std::runtime_error("cannot listen on " + cfg_.listen.str() + ": " + uv_strerror(rc));
-  }
-  listening_ = true;
+  resume_accepting();
 }
 
-void Server::on_connection(uv_stream_t* listener, int status) {
-  auto* s = static_cast<Server*>(listener->data);
+void Server::on_readable(uv_poll_t* p, int status, int /*events*/) {
+  auto* s = static_cast<Server*>(p->data);
   if (status < 0) {
-    s->log_->error("accept on {} failed: {}", s->cfg_.listen.str(), uv_strerror(status));
+    s->accept_error(status);
     return;
   }
-  s->accept_pending();
+  s->accept_ready();
 }
 
-void Server::accept_pending() {
-  if (stopping_ || !listener_open_) return;
-  if (conns_.size() >= cfg_.runtime.max_connections) {
-    // Leave it in libuv's hands: libuv stops polling the listener until we accept.
-    if (!accept_pending_ && log_limiter_allow())
-      log_->warn("max-connections ({}) reached on {}: new connections wait",
-                 cfg_.runtime.max_connections, cfg_.listen.str());
-    accept_pending_ = true;
-    return;
+void Server::pause_accepting() {
+  if (!polling_) return;
+  uv_poll_stop(&poll_);
+  polling_ = false;
+}
+
+void Server::resume_accepting() {
+  if (!listener_open_ || stopping_ || polling_ || backing_off_ || at_limit_) return;
+  if (uv_poll_start(&poll_, UV_READABLE, on_readable) == 0) polling_ = true;
+}
+
+void Server::accept_ready() {
+  for (int i = 0; i < kAcceptBatch && listener_open_ && !stopping_; ++i) {
+    if (conns_.size() >= cfg_.runtime.max_connections) {
+      if (!connection_waiting()) return;
+      // A connection waits and we may not take it: stop polling (it stays in the backlog)
+      // until one of ours closes.
+      at_limit_ = true;
+      pause_accepting();
+      ++stats_.max_conn_reached;
+      if (limits_log_allow())
+        log_->warn("max-connections ({}) reached on {}: new connections wait in the backlog",
+                   cfg_.runtime.max_connections, address());
+      return;
+    }
+    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      const int e = errno;
+      if (e == EAGAIN || e == EWOULDBLOCK) return;
+      // The peer gave up before we took it, or a network error that accept(2) reports for
+      // the pending connection: nothing is wrong with us, take the next one.
+      if (e == EINTR || e == ECONNABORTED || e == EPROTO || e == ENETDOWN || e == ENOPROTOOPT ||
+          e == EHOSTDOWN || e == ENONET || e == EHOSTUNREACH || e == ENETUNREACH || e == EPERM)
+        continue;
+      accept_error(uv_translate_sys_error(e));
+      return;
+    }
+    accept_backoff_ms_ = 0;
+    auto* c = new Connection(*this);
+    conns_.insert(c);
+    ++stats_.conns_current;
+    if (c->adopt(fd) != 0) {
+      ::close(fd);
+      c->close_now();
+      continue;
+    }
+    ++stats_.conns_total;
   }
-  accept_pending_ = false;
-  auto* c = new Connection(*this);
-  conns_.insert(c);
-  ++stats_.conns_current;
-  const int rc = c->accept(reinterpret_cast<uv_stream_t*>(&listener_));
-  if (rc != 0) {
-    if (rc != UV_EAGAIN) log_->warn("accept on {} failed: {}", cfg_.listen.str(), uv_strerror(rc));
-    c->close_now();
-    return;
-  }
-  ++stats_.conns_total;
+}
+
+bool Server::connection_waiting() const {
+  pollfd p{listen_fd_, POLLIN, 0};
+  return ::poll(&p, 1, 0) == 1 && (p.revents & POLLIN) != 0;
+}
+
+void Server::accept_error(int err) {
+  // EMFILE/ENFILE (no fd left), ENOBUFS/ENOMEM: accepting again at once would fail again
+  // and spin the loop. Stop for a while; the waiting connections stay in the backlog.
+  ++stats_.accept_errors;
+  accept_backoff_ms_ = accept_backoff_ms_ == 0
+                           ? kAcceptBackoffMinMs
+                           : std::min(accept_backoff_ms_ * 2, kAcceptBackoffMaxMs);
+  if (limits_log_allow())
+    log_->warn(
+        "accept on {} failed: {} ({}) with {} connections open; accepting again in {} ms "
+        "(new connections wait in the backlog)",
+        address(), uv_err_name(err), uv_strerror(err), conns_.size(), accept_backoff_ms_);
+  pause_accepting();
+  backing_off_ = true;
+  uv_timer_start(&accept_timer_, on_accept_timer, accept_backoff_ms_, 0);
+}
+
+void Server::on_accept_timer(uv_timer_t* t) {
+  auto* s = static_cast<Server*>(t->data);
+  s->backing_off_ = false;
+  s->resume_accepting();
 }
 
 void Server::hand_over(std::unordered_set<std::string> old_engines) {
@@ -129,29 +215,33 @@ void Server::hand_off(const nlohmann::json& state, uv_stream_t* handle,
 void Server::on_connection_closed(Connection* c) {
   conns_.erase(c);
   --stats_.conns_current;
-  if (accept_pending_) accept_pending();
+  if (at_limit_ && conns_.size() < cfg_.runtime.max_connections) {
+    at_limit_ = false;
+    resume_accepting();
+  }
   check_stopped();
 }
 
 void Server::close_listener() {
   if (!listener_open_) return;
   listener_open_ = false;
-  listening_ = false;
+  polling_ = false;
   if (!unix_path_.empty()) unlink_if_owned(unix_path_, unix_inode_);
-  listener_closing_ = true;
-  uv_close(reinterpret_cast<uv_handle_t*>(&listener_), on_listener_closed);
+  listener_handles_closing_ = 2;
+  uv_close(reinterpret_cast<uv_handle_t*>(&poll_), on_listener_closed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&accept_timer_), on_listener_closed);
+  ::close(listen_fd_);  // the poll handle is stopped: the fd is no longer watched
+  listen_fd_ = -1;
 }
 
 void Server::on_listener_closed(uv_handle_t* h) {
   auto* s = static_cast<Server*>(h->data);
-  s->listener_closing_ = false;
-  s->check_stopped();
+  if (--s->listener_handles_closing_ == 0) s->check_stopped();
 }
 
 void Server::drain_accept_queue() {
   if (!listener_open_ || cfg_.listen.kind != config::ListenAddress::Kind::kTcp) return;
-  uv_os_fd_t fd;
-  if (uv_fileno(reinterpret_cast<uv_handle_t*>(&listener_), &fd) != 0) return;
+  const int fd = listen_fd_;
   for (;;) {
     const int c = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (c < 0) break;
@@ -199,7 +289,7 @@ void Server::hard_stop(std::function<void()> done) {
 }
 
 void Server::check_stopped() {
-  if (!stopping_ || !conns_.empty() || listener_open_ || listener_closing_) return;
+  if (!stopping_ || !conns_.empty() || listener_open_ || listener_handles_closing_ > 0) return;
   // The agent stops after the last message: a draining connection may still bring NOTIFYs
   // (kWait serves until HAProxy closes), and the agent must still act on them.
   if (!agent_stop_called_) {

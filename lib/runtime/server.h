@@ -1,5 +1,15 @@
 // Serves one agent on one address in one worker: the listening socket, its connections, the
 // agent, and their counters. Knows nothing of processes.
+//
+// Budgets, each with a counter (Stats) and a rate-limited log line:
+// - max-connections: beyond it the server stops accepting (new connections wait in the
+//   kernel's backlog) until one closes (Stats::max_conn_reached);
+// - accept errors (EMFILE/ENFILE at fd exhaustion, ENOBUFS/ENOMEM...): the server stops
+//   accepting for a while (100 ms, doubling up to 1 s while errors persist) and retries by
+//   itself; waiting connections stay in the backlog rather than being accepted and closed as
+//   libuv's own accept loop would (Stats::accept_errors);
+// - max-reassembly-bytes: the reassembly buffers of all its connections together
+//   (reassembly_budget(); Stats::reassembly_refused).
 #pragma once
 
 #include <spdlog/logger.h>
@@ -14,6 +24,7 @@
 #include "config/config.h"
 #include "runtime/connection.h"
 #include "runtime/stats.h"
+#include "spop/reassembler.h"
 #include "util/rate_limit.h"
 
 namespace spoad::runtime {
@@ -28,8 +39,8 @@ class Server {
 
   // Starts accepting on cfg.listen: TCP sockets are bound with SO_REUSEPORT, so several
   // workers can share the address; Unix sockets replace a stale socket file. If `fd` >= 0,
-  // that already-listening socket is used instead. Throws std::runtime_error naming the
-  // address and the system error.
+  // that already-listening socket is used instead (owned from now on). Throws
+  // std::runtime_error naming the address and the system error.
   void listen(int fd = -1);
 
   // Soft-stop: stop accepting, let each connection finish its NOTIFYs in flight and let go of
@@ -70,10 +81,15 @@ class Server {
 
   const Stats& stats() const { return stats_; }
   Stats& mutable_stats() { return stats_; }
+  // Bytes held in reassembly by all the connections (max-reassembly-bytes).
+  spop::ReassemblyBudget& reassembly_budget() { return reasm_budget_; }
+  const spop::ReassemblyBudget& reassembly_budget() const { return reasm_budget_; }
   agent::Agent& agent() { return *agent_; }
   const config::AgentConfig& config() const { return cfg_; }
   spdlog::logger& log() { return *log_; }
   uv_loop_t* loop() const { return loop_; }
+  // The listen address as logs show it (util::printable).
+  std::string address() const;
   bool stopping() const { return stopping_; }
   size_t connection_count() const { return conns_.size(); }
 
@@ -82,13 +98,22 @@ class Server {
   void hand_off(const nlohmann::json& state, uv_stream_t* handle, std::function<void(bool)> done);
   // True if a per-request warning may be logged now (at most 10 per second per server).
   bool log_limiter_allow();
+  // The same for the budget and accept-error warnings (their own 5 per second, so that a flood
+  // of protocol errors cannot hide them).
+  bool limits_log_allow();
   // Microseconds of a monotonic clock.
   static uint64_t now_us();
 
  private:
-  static void on_connection(uv_stream_t* listener, int status);
+  static void on_readable(uv_poll_t* p, int status, int events);
+  static void on_accept_timer(uv_timer_t* t);
   static void on_listener_closed(uv_handle_t* h);
-  void accept_pending();
+  void accept_ready();
+  void accept_error(int err);
+  bool connection_waiting() const;  // a connection waits in the backlog
+  void pause_accepting();
+  void resume_accepting();
+  bool allow(util::RateLimiter& limiter);
   void drain_accept_queue();
   void close_listener();
   void check_stopped();
@@ -98,18 +123,23 @@ class Server {
   std::unique_ptr<agent::Agent> agent_;
   std::shared_ptr<spdlog::logger> log_;
   Stats stats_;
+  spop::ReassemblyBudget reasm_budget_;
   util::RateLimiter log_limiter_{10};
+  util::RateLimiter limits_limiter_{5};
   std::string unix_path_;  // the socket file this server created, if any
   uint64_t unix_inode_ = 0;
 
-  union {
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-  } listener_;
-  bool listening_ = false;
+  // The listening socket, polled for readability; the server accepts itself (accept4), so that
+  // it sees accept errors and can leave connections in the backlog.
+  int listen_fd_ = -1;
+  uv_poll_t poll_;
+  uv_timer_t accept_timer_;  // accept-error back-off
   bool listener_open_ = false;
-  bool listener_closing_ = false;
-  bool accept_pending_ = false;  // a connection waits in the backlog (max-connections)
+  int listener_handles_closing_ = 0;
+  bool polling_ = false;
+  bool at_limit_ = false;     // paused at max-connections
+  bool backing_off_ = false;  // paused after an accept error
+  uint64_t accept_backoff_ms_ = 0;
   bool stopping_ = false;
   bool handing_over_ = false;
   static constexpr size_t kMaxEngines = 4096;

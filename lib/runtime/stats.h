@@ -32,6 +32,11 @@ struct Stats {
   std::array<uint64_t, 15> disconnects_sent{};
   // Protocol errors (AGENT-DISCONNECT with a status other than 0, plus timeouts).
   uint64_t errors_total = 0;
+  // Budgets (see server.h). Bytes held in reassembly are read from Server::reassembly_budget().
+  uint64_t reassembly_refused = 0;  // connections closed: max-reassembly-bytes used up
+  uint64_t fragment_timeouts = 0;   // connections closed: NOTIFY not whole in timeout.fragment
+  uint64_t max_conn_reached = 0;    // times accepting paused at max-connections
+  uint64_t accept_errors = 0;       // accept() failures (EMFILE, ENFILE, ENOBUFS, ...)
 
   static size_t status_index(spop::Status s) {
     const auto c = static_cast<uint32_t>(s);

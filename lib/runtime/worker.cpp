@@ -26,7 +26,7 @@ void Worker::start(const std::vector<int>& fds) {
     Server& s = *servers_.back();
     s.agent().start();
     s.listen(i < fds.size() ? fds[i] : -1);
-    ctx.log->info("{} agent listening on {}", ac.type, ac.listen.str());
+    ctx.log->info("{} agent listening on {}", ac.type, s.address());
   }
   running_ = servers_.size();
 }

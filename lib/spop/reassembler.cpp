@@ -1,25 +1,45 @@
 #include "spop/reassembler.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace spoad::spop {
 
-namespace {
-// Buffers larger than this are released after use instead of being kept for the next one.
-constexpr size_t kKeepCapacity = 64 * 1024;
-}  // namespace
+void Reassembler::release() {
+  if (budget_) budget_->give_back(cap_);
+  buf_.reset();
+  cap_ = len_ = 0;
+}
 
 void Reassembler::reset() {
   active_ = false;
   sid_ = fid_ = 0;
-  buf_.clear();
-  if (buf_.capacity() > kKeepCapacity) std::vector<uint8_t>().swap(buf_);
+  release();
+}
+
+bool Reassembler::reserve(size_t need) {
+  if (need <= cap_) return true;
+  // Grow geometrically (few copies for a long NOTIFY), but never past max_size, and ask the
+  // budget for the exact need when it cannot cover the doubling.
+  size_t want = std::min(max_size_, std::max(need, cap_ * 2));
+  if (budget_ && !budget_->take(want - cap_)) {
+    want = need;
+    if (!budget_->take(want - cap_)) return false;
+  }
+  auto bigger = std::make_unique_for_overwrite<uint8_t[]>(want);
+  if (len_ > 0) std::memcpy(bigger.get(), buf_.get(), len_);
+  buf_ = std::move(bigger);
+  cap_ = want;
+  return true;
 }
 
 Result Reassembler::feed(const Frame& f, Step* step, Bytes* payload) {
+  if (!active_ && cap_ > 0) release();  // the previous complete payload is no longer used
   if (f.type == FrameType::kNotify) {
-    if (active_)
+    if (active_) {
+      reset();
       return Result::Fail(Status::kInterlaced, "NOTIFY while another one is being reassembled");
+    }
     if (f.fin()) {
       if (f.abort()) {
         *step = Step::kAborted;
@@ -31,16 +51,22 @@ Result Reassembler::feed(const Frame& f, Step* step, Bytes* payload) {
     }
     if (f.payload.size() > max_size_)
       return Result::Fail(Status::kTooBig, "fragmented NOTIFY larger than max-fragmented-size");
-    reset();
+    if (!reserve(f.payload.size()))
+      return Result::Fail(Status::kResourceError,
+                          "fragmented NOTIFY refused: the worker's reassembly budget "
+                          "(max-reassembly-bytes) is used up");
     active_ = true;
     sid_ = f.stream_id;
     fid_ = f.frame_id;
-    buf_.assign(f.payload.begin(), f.payload.end());
+    if (!f.payload.empty()) std::memcpy(buf_.get(), f.payload.data(), f.payload.size());
+    len_ = f.payload.size();
     *step = Step::kPending;
     return Result::Ok();
   }
-  if (f.type != FrameType::kUnset)
+  if (f.type != FrameType::kUnset) {
+    reset();
     return Result::Fail(Status::kInvalid, "not a NOTIFY or UNSET frame");
+  }
 
   if (!active_) {
     if (f.abort()) {  // nothing left to abort: harmless
@@ -49,26 +75,34 @@ Result Reassembler::feed(const Frame& f, Step* step, Bytes* payload) {
     }
     return Result::Fail(Status::kFrameIdNotFound, "UNSET fragment without a fragmented NOTIFY");
   }
-  if (f.stream_id != sid_ || f.frame_id != fid_)
+  if (f.stream_id != sid_ || f.frame_id != fid_) {
+    reset();
     return Result::Fail(Status::kInterlaced, "fragment for another stream-id/frame-id");
+  }
   if (f.abort()) {
     reset();
     *step = Step::kAborted;
     return Result::Ok();
   }
-  if (buf_.size() + f.payload.size() > max_size_)
+  if (f.payload.size() > max_size_ - len_) {
+    reset();
     return Result::Fail(Status::kTooBig, "fragmented NOTIFY larger than max-fragmented-size");
-  const size_t need = buf_.size() + f.payload.size();
-  if (need > buf_.capacity())  // grow geometrically, but never past max_size
-    buf_.reserve(std::min(max_size_, std::max(need, buf_.capacity() * 2)));
-  buf_.insert(buf_.end(), f.payload.begin(), f.payload.end());
+  }
+  if (!reserve(len_ + f.payload.size())) {
+    reset();
+    return Result::Fail(Status::kResourceError,
+                        "fragment refused: the worker's reassembly budget "
+                        "(max-reassembly-bytes) is used up");
+  }
+  if (!f.payload.empty()) std::memcpy(buf_.get() + len_, f.payload.data(), f.payload.size());
+  len_ += f.payload.size();
   if (!f.fin()) {
     *step = Step::kPending;
     return Result::Ok();
   }
   active_ = false;
   *step = Step::kComplete;
-  *payload = Bytes(buf_.data(), buf_.size());
+  *payload = Bytes(buf_.get(), len_);
   return Result::Ok();
 }
 
