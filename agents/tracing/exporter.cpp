@@ -9,11 +9,11 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <string_view>
 
 #include "http/curl_loop.h"
+#include "util/escape.h"
 #include "util/log.h"
 #include "version.h"
 
@@ -28,10 +28,11 @@ constexpr uint64_t kMaxRetryAfterMs = 300'000;  // a longer Retry-After is cut t
 constexpr size_t kResponseExcerpt = 512;        // bytes of an error response kept for the log
 constexpr int kGzipLevel = 1;                   // fastest: compression runs on the loop
 
-// A JSON string literal for `s`; invalid UTF-8 becomes U+FFFD.
+// A JSON string literal for `s`; each ill-formed UTF-8 byte becomes U+FFFD.
 std::string json_string(std::string_view s) {
-  return nlohmann::json(std::string(s))
-      .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  std::string out;
+  util::append_json_string(out, s);
+  return out;
 }
 
 std::string_view trim(std::string_view s) {
@@ -91,7 +92,7 @@ bool parse_kv_list(std::string_view s, KvList* out, std::string* error) {
     std::string k, v;
     if (eq == std::string_view::npos || !percent_decode(trim(entry.substr(0, eq)), &k) ||
         !percent_decode(trim(entry.substr(eq + 1)), &v) || k.empty()) {
-      *error = "malformed entry \"" + std::string(entry) + "\"";
+      *error = "malformed entry \"" + util::printable(entry) + "\"";
       return false;
     }
     out->emplace_back(std::move(k), std::move(v));
@@ -219,7 +220,7 @@ std::vector<std::string> apply_otel_env(ExporterOptions& o,
     return std::nullopt;
   };
   auto bad = [&](const std::string& name, const std::string& value, const std::string& why) {
-    problems.push_back(name + "=\"" + value + "\": " + why + "; ignored");
+    problems.push_back(name + "=\"" + util::printable(value) + "\": " + why + "; ignored");
   };
 
   if (auto v = get({"OTEL_SDK_DISABLED"}); v && equal_nocase(v->second, "true"))
@@ -280,7 +281,7 @@ std::vector<std::string> apply_otel_env(ExporterOptions& o,
     auto invalid = std::find_if(hs.begin(), hs.end(),
                                 [](const auto& h) { return !valid_header(h.first, h.second); });
     if (invalid != hs.end()) {
-      bad(v->first, v->second, "invalid header \"" + invalid->first + "\"");
+      bad(v->first, v->second, "invalid header \"" + util::printable(invalid->first) + "\"");
       continue;
     }
     for (auto& [k, val] : hs)
@@ -331,11 +332,12 @@ void parse_exporter_options(config::Options& o, ExporterOptions* out) {
   else if (type == "none")
     out->kind = ExporterOptions::Kind::kNone;
   else
-    o.fail("type", "expected otlp-http, file or none, got \"" + type + "\"");
+    o.fail("type", "expected otlp-http, file or none, got \"" + util::printable(type) + "\"");
 
   if (auto e = o.str("endpoint")) {
     if (!valid_url(*e))
-      o.fail("endpoint", "expected an http:// or https:// URL, got \"" + *e + "\"");
+      o.fail("endpoint",
+             "expected an http:// or https:// URL, got \"" + util::printable(*e) + "\"");
     out->endpoint = *e;
   }
   for (const std::string& h : o.str_list("headers")) {
@@ -345,7 +347,7 @@ void parse_exporter_options(config::Options& o, ExporterOptions* out) {
                                 ? std::string_view()
                                 : trim(std::string_view(h).substr(colon + 1)));
     if (colon == std::string::npos || !valid_header(name, value))
-      o.fail("headers", "expected \"Name: value\", got \"" + h + "\"");
+      o.fail("headers", "expected \"Name: value\", got \"" + util::printable(h) + "\"");
     set_kv(out->headers, name, value, true);
   }
   out->gzip = o.boolean("gzip", out->gzip);
@@ -353,6 +355,8 @@ void parse_exporter_options(config::Options& o, ExporterOptions* out) {
   out->max_batch = static_cast<size_t>(o.integer("max-batch", out->max_batch, 1, 100'000));
   out->flush_interval_ms = o.duration_ms("flush-interval", out->flush_interval_ms, 1, 3'600'000);
   out->max_queue = static_cast<size_t>(o.integer("max-queue", out->max_queue, 1, 10'000'000));
+  out->max_queue_bytes =
+      static_cast<size_t>(o.size("max-queue-bytes", out->max_queue_bytes, 1024, uint64_t{1} << 30));
   out->timeout_ms = o.duration_ms("timeout", out->timeout_ms, 1, 600'000);
   out->retry_initial_ms = o.duration_ms("retry-initial", out->retry_initial_ms, 1, 3'600'000);
   out->retry_max_ms = o.duration_ms("retry-max", out->retry_max_ms, 1, 86'400'000);
@@ -367,7 +371,7 @@ void parse_exporter_options(config::Options& o, ExporterOptions* out) {
     const size_t eq = a.find('=');
     const std::string key(trim(std::string_view(a).substr(0, eq)));
     if (eq == std::string::npos || key.empty())
-      o.fail("resource-attributes", "expected \"key=value\", got \"" + a + "\"");
+      o.fail("resource-attributes", "expected \"key=value\", got \"" + util::printable(a) + "\"");
     if (key == "service.name") o.fail("resource-attributes", "set service.name with service-name");
     set_kv(out->resource_attributes, key, std::string(trim(std::string_view(a).substr(eq + 1))),
            false);
@@ -391,6 +395,7 @@ struct SpanExporter::Timer {
 struct SpanExporter::Batch {
   std::string body;
   size_t spans = 0;
+  size_t bytes = 0;  // of the spans, counted in held_ until the batch ends
   uint64_t attempts = 0;
   uint64_t backoff_ms = 0;   // the next retry delay, before jitter
   bool waiting = false;      // waiting for a retry (else in flight)
@@ -411,7 +416,8 @@ struct SpanExporter::FileJob {
   std::string path;
   std::string data;
   size_t spans = 0;
-  int error = 0;  // errno of the failed step
+  size_t bytes = 0;  // of the spans, counted in held_ until the write ends
+  int error = 0;     // errno of the failed step
   const char* step = "";
   uint64_t started_ms = 0;
 };
@@ -425,6 +431,8 @@ SpanExporter::SpanExporter(uv_loop_t* loop, ExporterOptions opts,
       rng_(static_cast<uint32_t>(uv_hrtime() ^ static_cast<uint64_t>(getpid()))) {
   opts_.max_batch = std::max<size_t>(opts_.max_batch, 1);
   opts_.max_queue = std::max<size_t>(opts_.max_queue, 1);
+  opts_.max_queue_bytes = std::max<size_t>(opts_.max_queue_bytes, 1);
+  endpoint_shown_ = util::printable(opts_.endpoint);
   opts_.retry_initial_ms = std::max<uint64_t>(opts_.retry_initial_ms, 1);
   opts_.retry_max_ms = std::max(opts_.retry_max_ms, opts_.retry_initial_ms);
 
@@ -437,13 +445,14 @@ SpanExporter::SpanExporter(uv_loop_t* loop, ExporterOptions opts,
   std::vector<Attr> attrs{{"service.name", opts_.service_name, false}};
   if (std::string h = host_name(); !h.empty()) attrs.push_back({"host.name", h, false});
   attrs.push_back({"process.pid", std::to_string(getpid()), true});
-  for (const auto& [k, v] : opts_.resource_attributes) {
+  for (const auto& kv : opts_.resource_attributes) {
+    const std::string& k = kv.first;
     if (k == "service.name") continue;  // service_name wins
-    auto it = std::find_if(attrs.begin(), attrs.end(), [&](const Attr& a) { return a.key == k; });
+    auto it = std::find_if(attrs.begin(), attrs.end(), [&k](const Attr& a) { return a.key == k; });
     if (it != attrs.end())
-      *it = Attr{k, v, false};
+      *it = Attr{k, kv.second, false};
     else
-      attrs.push_back({k, v, false});
+      attrs.push_back({k, kv.second, false});
   }
   body_prefix_ = R"({"resourceSpans":[{"resource":{"attributes":[)";
   for (size_t i = 0; i < attrs.size(); ++i) {
@@ -544,22 +553,37 @@ bool SpanExporter::enqueue(std::string span_json) {
     ++stats_.enqueued;
     return true;
   }
-  if (held_ >= opts_.max_queue) {
-    ++stats_.dropped;
-    if (drop_limiter_.allow(uv_now(loop_))) {
-      drop_limiter_.take_suppressed();  // the total below says it all
-      log_->warn(
-          "span queue full ({} spans held, max-queue {}): dropping spans ({} dropped so far)",
-          held_, opts_.max_queue, stats_.dropped);
-    }
+  if (held_.spans >= opts_.max_queue) {
+    drop("max-queue", span_json.size());
     return false;
   }
+  if (span_json.size() > opts_.max_queue_bytes - std::min(held_.bytes, opts_.max_queue_bytes)) {
+    ++stats_.dropped_bytes;
+    drop("max-queue-bytes", span_json.size());
+    return false;
+  }
+  held_.bytes += span_json.size();
+  ++held_.spans;
   queue_.push_back(Queued{std::move(span_json), uv_now(loop_)});
-  ++held_;
   ++stats_.enqueued;
   // The flush timer is set when the first span arrives and when a batch is full.
   if (queue_.size() == 1 || queue_.size() == opts_.max_batch) schedule();
   return true;
+}
+
+void SpanExporter::drop(const char* why, size_t bytes) {
+  ++stats_.dropped;
+  if (!drop_limiter_.allow(uv_now(loop_))) return;
+  drop_limiter_.take_suppressed();  // the total below says it all
+  log_->warn(
+      "span queue full ({} spans, {} bytes held; max-queue {}, max-queue-bytes {}): dropping "
+      "a span of {} bytes for {} ({} dropped so far)",
+      held_.spans, held_.bytes, opts_.max_queue, opts_.max_queue_bytes, bytes, why, stats_.dropped);
+}
+
+void SpanExporter::release(const Held& h) {
+  held_.spans -= h.spans;
+  held_.bytes -= h.bytes;
 }
 
 bool SpanExporter::slot_free() const {
@@ -595,12 +619,13 @@ void SpanExporter::pump() {
   maybe_done();
 }
 
-std::string SpanExporter::build_body(size_t n) {
-  size_t size = body_prefix_.size() + body_suffix_.size() + n;
+std::string SpanExporter::build_body(size_t n, Held* taken) {
+  taken->spans = n;
+  taken->bytes = 0;
   for (size_t i = 0; i < n; ++i)
-    size += queue_[i].json.size();
+    taken->bytes += queue_[i].json.size();
   std::string body;
-  body.reserve(size + 1);
+  body.reserve(body_prefix_.size() + body_suffix_.size() + n + taken->bytes + 1);
   body += body_prefix_;
   for (size_t i = 0; i < n; ++i) {
     if (i) body += ',';
@@ -612,20 +637,22 @@ std::string SpanExporter::build_body(size_t n) {
 }
 
 void SpanExporter::send_batch(size_t n) {
-  std::string body = build_body(n);
+  Held h;
+  std::string body = build_body(n, &h);
   if (opts_.kind == ExporterOptions::Kind::kFile) {
-    start_file(std::move(body), n);
+    start_file(std::move(body), h);
     return;
   }
   auto b = std::make_unique<Batch>();
   b->spans = n;
+  b->bytes = h.bytes;
   b->backoff_ms = opts_.retry_initial_ms;
   if (opts_.gzip) {
     if (!gzip_compress(body, &b->body)) {
       // Cannot happen short of memory; the headers announce gzip, so drop the batch.
       ++stats_.failed_exports;
       stats_.failed_spans += n;
-      held_ -= n;
+      release(h);
       warn("cannot compress a batch: " + std::to_string(n) + " spans dropped");
       return;
     }
@@ -636,7 +663,7 @@ void SpanExporter::send_batch(size_t n) {
   if (!e) {
     ++stats_.failed_exports;
     stats_.failed_spans += n;
-    held_ -= n;
+    release(h);
     warn("curl_easy_init failed: " + std::to_string(n) + " spans dropped");
     return;
   }
@@ -685,7 +712,7 @@ void SpanExporter::on_http_done(Batch* b, int result, long status) {
     note_latency(ms);
     if (failing_) {
       failing_ = false;
-      log_->info("export to {} works again", opts_.endpoint);
+      log_->info("export to {} works again", endpoint_shown_);
     }
     finish_batch(b);
   } else {
@@ -693,10 +720,10 @@ void SpanExporter::on_http_done(Batch* b, int result, long status) {
     std::string what;
     if (rc != CURLE_OK) {
       what = curl_easy_strerror(rc);
-      if (b->errbuf[0]) what += std::string(" (") + b->errbuf + ")";
+      if (b->errbuf[0]) what += " (" + util::printable(b->errbuf) + ")";
     } else {
       what = "HTTP " + std::to_string(status);
-      if (!b->response.empty()) what += ": " + b->response;
+      if (!b->response.empty()) what += ": " + util::printable(b->response, kResponseExcerpt);
     }
     const bool retry = rc != CURLE_OK ? retryable_curl(rc) : retryable_status(status);
     if (retry) {
@@ -710,7 +737,7 @@ void SpanExporter::on_http_done(Batch* b, int result, long status) {
           retry_after > 0) {
         delay = std::min<uint64_t>(static_cast<uint64_t>(retry_after) * 1000, kMaxRetryAfterMs);
       }
-      warn("export to " + opts_.endpoint + " failed: " + what + "; retrying " +
+      warn("export to " + endpoint_shown_ + " failed: " + what + "; retrying " +
            std::to_string(b->spans) + " spans in " + std::to_string(delay) + " ms");
       retry_later(b, delay);
     } else {
@@ -721,9 +748,9 @@ void SpanExporter::on_http_done(Batch* b, int result, long status) {
         log_->error(
             "export to {} failed: {}; {} spans dropped (not retried; logged once per "
             "status)",
-            opts_.endpoint, what, b->spans);
+            endpoint_shown_, what, b->spans);
       } else {
-        log_->debug("export to {} failed: {}; {} spans dropped", opts_.endpoint, what, b->spans);
+        log_->debug("export to {} failed: {}; {} spans dropped", endpoint_shown_, what, b->spans);
       }
       finish_batch(b);
     }
@@ -758,7 +785,8 @@ void SpanExporter::on_retry_timer() {
     start_http(b);
 }
 
-void SpanExporter::start_file(std::string body, size_t n) {
+void SpanExporter::start_file(std::string body, const Held& h) {
+  const size_t n = h.spans;
   auto* job = new FileJob;
   job->req.data = job;
   job->self = this;
@@ -766,6 +794,7 @@ void SpanExporter::start_file(std::string body, size_t n) {
   job->data = std::move(body);
   job->data += '\n';
   job->spans = n;
+  job->bytes = h.bytes;
   job->started_ms = now_ms_hr();
   ++stats_.export_requests;
   file_job_ = job;
@@ -808,23 +837,23 @@ void SpanExporter::start_file(std::string body, size_t n) {
     job->self = nullptr;
     ++stats_.failed_exports;
     stats_.failed_spans += n;
-    held_ -= n;
-    warn(std::string("cannot write to ") + opts_.file + ": " + uv_strerror(rc));
+    release(h);
+    warn("cannot write to " + util::printable(opts_.file) + ": " + uv_strerror(rc));
     delete job;
   }
 }
 
 void SpanExporter::on_file_done(FileJob* job) {
   file_job_ = nullptr;
-  held_ -= job->spans;
+  release(Held{job->spans, job->bytes});
   if (job->error == 0) {
     stats_.exported += job->spans;
     note_latency(now_ms_hr() - job->started_ms);
   } else {
     ++stats_.failed_exports;
     stats_.failed_spans += job->spans;
-    warn(std::string("cannot ") + job->step + " " + job->path + ": " + std::strerror(job->error) +
-         "; " + std::to_string(job->spans) + " spans dropped");
+    warn(std::string("cannot ") + job->step + " " + util::printable(job->path) + ": " +
+         std::strerror(job->error) + "; " + std::to_string(job->spans) + " spans dropped");
   }
   if (closing_) {
     maybe_finished();
@@ -835,7 +864,7 @@ void SpanExporter::on_file_done(FileJob* job) {
 }
 
 void SpanExporter::finish_batch(Batch* b) {
-  held_ -= b->spans;
+  release(Held{b->spans, b->bytes});
   auto it = std::find_if(batches_.begin(), batches_.end(),
                          [b](const std::unique_ptr<Batch>& p) { return p.get() == b; });
   if (it != batches_.end()) batches_.erase(it);
@@ -883,11 +912,14 @@ void SpanExporter::maybe_done() {
 
 void SpanExporter::on_stop_deadline() {
   if (closing_) return;
-  const uint64_t left = held_;
+  const uint64_t left = held_.spans;
   // Spans not yet sent, and batches waiting for a retry; close_all() cancels the requests in
   // flight, and on_http_done() counts theirs.
   stats_.failed_spans += queue_.size();
-  held_ -= queue_.size();
+  Held q{queue_.size(), 0};
+  for (const Queued& e : queue_)
+    q.bytes += e.json.size();
+  release(q);
   queue_.clear();
   std::vector<Batch*> waiting;
   for (auto& b : batches_)
@@ -928,7 +960,8 @@ void SpanExporter::maybe_finished() {
 
 SpanExporter::Stats SpanExporter::stats() const {
   Stats s = stats_;
-  s.queued = held_;
+  s.queued = held_.spans;
+  s.queued_bytes = held_.bytes;
   s.export_latency_avg_ms = latency_n_ ? latency_sum_ms_ / latency_n_ : 0;
   return s;
 }

@@ -15,8 +15,9 @@
 // write and close run on libuv's thread pool (uv_queue_work), one batch at a time, so a slow
 // disk never stalls the loop; opening the path for each batch also follows log rotation.
 //
-// Memory is bounded: at most `max_queue` spans are held in total (waiting, being sent, waiting
-// for a retry); beyond that new spans are refused and counted. When the receiver is down,
+// Memory is bounded: at most `max_queue` spans and `max_queue_bytes` bytes of encoded spans are
+// held in total (waiting, being sent, waiting for a retry); a span that would pass either is
+// refused, counted, and logged at most once a second. When the receiver is down,
 // batches are retried with exponential backoff and export resumes by itself once it is back.
 #pragma once
 
@@ -54,6 +55,7 @@ struct ExporterOptions {
   size_t max_batch = 512;             // spans per export request
   uint64_t flush_interval_ms = 1000;  // longest wait of a span before its batch leaves
   size_t max_queue = 8192;            // spans held in memory; beyond, new spans are dropped
+  size_t max_queue_bytes = 8u << 20;  // bytes of encoded spans held in memory; the same
   uint64_t timeout_ms = 10000;        // per HTTP request; also bounds stop()
   uint64_t retry_initial_ms = 500;    // first retry delay, doubling per attempt...
   uint64_t retry_max_ms = 30000;      // ...up to this
@@ -92,6 +94,7 @@ std::vector<std::string> apply_otel_env(ExporterOptions& o,
 //   max-batch            1..100000 spans
 //   flush-interval       duration, 1ms..1h
 //   max-queue            1..10000000 spans
+//   max-queue-bytes      size, 1k..1g: bytes of encoded spans held (default 8m)
 //   timeout              duration, 1ms..10m
 //   retry-initial        duration, 1ms..1h
 //   retry-max            duration, 1ms..1d (not below retry-initial)
@@ -106,11 +109,13 @@ class SpanExporter {
     uint64_t enqueued = 0;               // spans accepted by enqueue()
     uint64_t exported = 0;               // spans the receiver accepted (2xx) or written to the file
     uint64_t dropped = 0;                // spans refused by enqueue() (queue full, or stopped)
+    uint64_t dropped_bytes = 0;          // of which refused for max_queue_bytes
     uint64_t failed_spans = 0;           // accepted spans lost later: rejected batch, stop timeout
     uint64_t failed_exports = 0;         // batches dropped: non-retryable status, write error
     uint64_t export_requests = 0;        // HTTP requests (retries included) or file writes
     uint64_t retries = 0;                // requests that were retries
     uint64_t queued = 0;                 // spans in memory now (waiting, in flight, in retry)
+    uint64_t queued_bytes = 0;           // their encoded size in bytes
     uint64_t export_latency_avg_ms = 0;  // request start to completion, successful requests
     uint64_t export_latency_max_ms = 0;
   };
@@ -127,7 +132,8 @@ class SpanExporter {
 
   // Queues one finished span, already encoded as an OTLP/JSON span object ({"traceId":...}).
   // O(1): never blocks, never sends from inside the call. Returns false when the span was
-  // dropped (max_queue spans already held, or stop() finished), and counts it in `dropped`.
+  // dropped (max_queue spans already held, max_queue_bytes would be passed, or stop()
+  // finished), and counts it in `dropped` (and `dropped_bytes` for the byte budget).
   // With Kind::kNone every span is counted in `enqueued` and discarded.
   bool enqueue(std::string span_json);
 
@@ -146,6 +152,11 @@ class SpanExporter {
     std::string json;
     uint64_t t_ms;  // uv_now() when queued
   };
+  // How many spans, and how many bytes of them, a batch or a file write holds.
+  struct Held {
+    size_t spans = 0;
+    size_t bytes = 0;
+  };
   struct Batch;
   struct Timer;
   struct FileJob;
@@ -154,12 +165,14 @@ class SpanExporter {
   void schedule();
   void pump();
   void send_batch(size_t n);
-  std::string build_body(size_t n);
+  std::string build_body(size_t n, Held* taken);
+  void release(const Held& h);
+  void drop(const char* why, size_t bytes);
   void start_http(Batch* b);
   void on_http_done(Batch* b, int result, long status);
   void retry_later(Batch* b, uint64_t delay_ms);
   void on_retry_timer();
-  void start_file(std::string body, size_t n);
+  void start_file(std::string body, const Held& h);
   void on_file_done(FileJob* job);
   void finish_batch(Batch* b);
   void on_stop_deadline();
@@ -177,13 +190,14 @@ class SpanExporter {
   uv_loop_t* loop_;
   ExporterOptions opts_;
   std::shared_ptr<spdlog::logger> log_;
+  std::string endpoint_shown_;             // opts_.endpoint as util::printable shows it
   std::string body_prefix_, body_suffix_;  // the request around the spans
   curl_slist* headers_ = nullptr;          // the request headers, shared by all requests
   std::string user_agent_;
   std::shared_ptr<int> token_;  // callbacks that may outlive the exporter hold a weak_ptr
 
   std::deque<Queued> queue_;
-  size_t held_ = 0;                              // spans in memory: queue_ plus every batch
+  Held held_;                                    // in memory: queue_ plus every batch
   std::vector<std::unique_ptr<Batch>> batches_;  // in flight or waiting for a retry
   std::unique_ptr<http::CurlLoop> curl_;
   FileJob* file_job_ = nullptr;  // the file write in progress

@@ -1,9 +1,19 @@
 #include "agents/tracing/span.h"
 
+#include "util/escape.h"
+
 namespace spoad::agents::tracing {
 
 void Span::add(std::string_view key, std::string_view value) {
-  if (value.empty() || nattrs == kMaxAttributes) return;
+  if (value.empty()) return;
+  if (nattrs == kMaxAttributes) {
+    ++dropped_attrs;
+    return;
+  }
+  if (value.size() > value_limit) {
+    value = cut_utf8(value, value_limit);
+    ++truncated_attrs;
+  }
   Attribute& a = attrs[nattrs++];
   a.key = key;
   a.type = Attribute::Type::kString;
@@ -11,47 +21,37 @@ void Span::add(std::string_view key, std::string_view value) {
 }
 
 void Span::add(std::string_view key, int64_t value) {
-  if (nattrs == kMaxAttributes) return;
+  if (nattrs == kMaxAttributes) {
+    ++dropped_attrs;
+    return;
+  }
   Attribute& a = attrs[nattrs++];
   a.key = key;
   a.type = Attribute::Type::kInt;
   a.num = value;
 }
 
-void append_json_string(std::string& out, std::string_view s) {
-  static const char hex[] = "0123456789abcdef";
-  out += '"';
-  for (size_t i = 0; i < s.size(); ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      out += "\\u00";
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    } else if (c < 0x80) {
-      out += static_cast<char>(c);
-    } else {
-      // Copy a valid UTF-8 sequence as is; anything else becomes U+FFFD.
-      size_t len = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-      bool ok = len > 0 && i + len <= s.size();
-      for (size_t k = 1; ok && k < len; ++k)
-        ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
-      if (ok) {
-        out.append(s.data() + i, len);
-        i += len - 1;
-      } else {
-        out += "\xEF\xBF\xBD";
-      }
-    }
-  }
-  out += '"';
+std::string_view cut_utf8(std::string_view s, size_t max) {
+  if (s.size() <= max) return s;
+  // s[max] is the first byte left out. If it continues a character that starts before it,
+  // that whole character is left out.
+  size_t lead = max;
+  while (lead > 0 && max - lead < 3 && (static_cast<uint8_t>(s[lead]) & 0xC0) == 0x80)
+    --lead;
+  if (lead == max) return s.substr(0, max);
+  const auto c = static_cast<uint8_t>(s[lead]);
+  const size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+  if (lead + len > max && lead + len <= s.size() && util::is_utf8(s.substr(lead, len)))
+    return s.substr(0, lead);
+  return s.substr(0, max);
 }
 
 std::string encode_span(const Span& s) {
   std::string o;
-  o.reserve(256 + 48 * s.nattrs);
+  size_t size = 320 + s.trace_state.size();
+  for (size_t i = 0; i < s.nattrs; ++i)
+    size += 48 + s.attrs[i].key.size() + s.attrs[i].str.size();
+  o.reserve(size);
   o += "{\"traceId\":\"";
   o += to_hex(s.trace_id.data(), 16);
   o += "\",\"spanId\":\"";
@@ -64,10 +64,10 @@ std::string encode_span(const Span& s) {
   }
   if (!s.trace_state.empty()) {
     o += ",\"traceState\":";
-    append_json_string(o, s.trace_state);
+    util::append_json_string(o, s.trace_state);
   }
   o += ",\"name\":";
-  append_json_string(o, s.name);
+  util::append_json_string(o, s.name);
   o += ",\"kind\":";
   o += std::to_string(static_cast<int>(s.kind));
   o += ",\"startTimeUnixNano\":\"";
@@ -79,10 +79,10 @@ std::string encode_span(const Span& s) {
     const Attribute& a = s.attrs[i];
     if (i) o += ',';
     o += "{\"key\":";
-    append_json_string(o, a.key);
+    util::append_json_string(o, a.key);
     if (a.type == Attribute::Type::kString) {
       o += ",\"value\":{\"stringValue\":";
-      append_json_string(o, a.str);
+      util::append_json_string(o, a.str);
       o += "}}";
     } else {
       o += ",\"value\":{\"intValue\":\"";
@@ -91,6 +91,10 @@ std::string encode_span(const Span& s) {
     }
   }
   o += ']';
+  if (s.dropped_attrs) {
+    o += ",\"droppedAttributesCount\":";
+    o += std::to_string(s.dropped_attrs);
+  }
   if (s.link_span_id) {
     o += ",\"links\":[{\"traceId\":\"";
     o += to_hex(s.trace_id.data(), 16);
@@ -104,7 +108,7 @@ std::string encode_span(const Span& s) {
     o += "\"code\":2";
     if (!s.status_message.empty()) {
       o += ",\"message\":";
-      append_json_string(o, s.status_message);
+      util::append_json_string(o, s.status_message);
     }
   }
   o += "}}";

@@ -3,6 +3,7 @@
 // numbers, 64-bit integers as strings).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -35,20 +36,29 @@ struct Span {
   uint64_t end_us = 0;
   bool error = false;  // status ERROR (else UNSET)
   std::string_view status_message;
-  std::string_view trace_state;
+  std::string_view trace_state;  // already limited (limit_tracestate)
   Attribute attrs[kMaxAttributes];
   size_t nattrs = 0;
+  // The attribute limits (OpenTelemetry "Attribute Limits": a longer string value is cut,
+  // attributes beyond the count are dropped and counted in droppedAttributesCount).
+  size_t value_limit = SIZE_MAX;  // bytes of a string value; cut on a UTF-8 boundary
+  uint32_t truncated_attrs = 0;   // string values add() cut to value_limit
+  uint32_t dropped_attrs = 0;     // attributes add() refused (more than kMaxAttributes)
 
-  // Adds an attribute; empty strings are skipped, extra attributes beyond kMaxAttributes too.
+  // Adds an attribute; empty strings are skipped. A string longer than value_limit bytes is
+  // cut (cut_utf8) and counted in truncated_attrs; beyond kMaxAttributes, counted in
+  // dropped_attrs. The span keeps views: `key` and `value` must outlive encode_span().
   void add(std::string_view key, std::string_view value);
   void add(std::string_view key, int64_t value);
 };
 
-// Appends `s` to `out` as a JSON string (quotes included), escaping as RFC 8259 requires.
-// Bytes that are not valid UTF-8 are replaced by U+FFFD.
-void append_json_string(std::string& out, std::string_view s);
+// The first bytes of `s`, at most `max` of them, without splitting a well-formed UTF-8
+// character: a sequence that would be cut is left out whole. Ill-formed bytes count as one
+// byte each (util::append_json_string later turns each into U+FFFD).
+std::string_view cut_utf8(std::string_view s, size_t max);
 
-// The OTLP/JSON object of one span.
+// The OTLP/JSON object of one span. Every string goes through util::append_json_string: the
+// result is valid UTF-8 JSON (RFC 8259) whatever bytes the span holds.
 std::string encode_span(const Span& s);
 
 }  // namespace spoad::agents::tracing

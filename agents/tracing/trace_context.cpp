@@ -91,6 +91,70 @@ std::string format_traceparent(const TraceId& trace_id, uint64_t span_id, uint8_
   return "00-" + to_hex(trace_id.data(), 16) + "-" + to_hex64(span_id) + "-" + to_hex(&flags, 1);
 }
 
+namespace {
+
+bool ts_key_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '*' ||
+         c == '/' || c == '@';
+}
+
+// key "=" value, as the tracestate ABNF defines them.
+bool valid_member(std::string_view m) {
+  const size_t eq = m.find('=');
+  if (eq == std::string_view::npos || eq == 0 || eq > 256) return false;
+  const std::string_view key = m.substr(0, eq), value = m.substr(eq + 1);
+  if (!((key[0] >= 'a' && key[0] <= 'z') || (key[0] >= '0' && key[0] <= '9'))) return false;
+  for (char c : key)
+    if (!ts_key_char(c)) return false;
+  if (value.empty() || value.size() > 256 || value.back() == ' ') return false;
+  for (char c : value)
+    if (c < 0x20 || c > 0x7e || c == ',' || c == '=') return false;
+  return true;
+}
+
+}  // namespace
+
+TraceStateVerdict limit_tracestate(std::string_view header, size_t max_bytes, std::string* out) {
+  out->clear();
+  std::vector<std::string_view> members;
+  size_t pos = 0;
+  while (pos <= header.size()) {
+    size_t comma = header.find(',', pos);
+    if (comma == std::string_view::npos) comma = header.size();
+    std::string_view m = header.substr(pos, comma - pos);
+    pos = comma + 1;
+    while (!m.empty() && (m.front() == ' ' || m.front() == '\t'))
+      m.remove_prefix(1);
+    while (!m.empty() && (m.back() == ' ' || m.back() == '\t'))
+      m.remove_suffix(1);
+    if (m.empty()) continue;
+    if (!valid_member(m) || members.size() == kMaxTraceStateMembers)
+      return TraceStateVerdict::kDropped;
+    members.push_back(m);
+  }
+  auto joined = [&] {
+    size_t n = members.empty() ? 0 : members.size() - 1;
+    for (std::string_view m : members)
+      n += m.size();
+    return n;
+  };
+  TraceStateVerdict v = TraceStateVerdict::kKept;
+  if (joined() > max_bytes) {
+    v = TraceStateVerdict::kTruncated;
+    // Members longer than 128 bytes go first (from the end), then members from the end.
+    for (size_t i = members.size(); i-- > 0 && joined() > max_bytes;)
+      if (members[i].size() > 128) members.erase(members.begin() + static_cast<long>(i));
+    while (!members.empty() && joined() > max_bytes)
+      members.pop_back();
+    if (members.empty()) return TraceStateVerdict::kDropped;
+  }
+  for (size_t i = 0; i < members.size(); ++i) {
+    if (i) *out += ',';
+    *out += members[i];
+  }
+  return v;
+}
+
 std::string RequestContext::encode() const {
   return to_hex(trace_id.data(), 16) + to_hex64(seed) + to_hex64(remote_parent) + to_hex(&flags, 1);
 }

@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace spoad::agents::tracing {
 
@@ -36,6 +37,25 @@ std::optional<TraceParent> parse_traceparent(std::string_view header);
 // "00-<trace id>-<span id>-<flags>".
 std::string format_traceparent(const TraceId& trace_id, uint64_t span_id, uint8_t flags);
 
+// The `tracestate` header (W3C Trace Context, "tracestate Header Field Values" and
+// "tracestate Limits"), limited before it is stored in a variable and copied into spans.
+enum class TraceStateVerdict {
+  kKept,       // well-formed and within the limits: kept as is (OWS and empty members removed)
+  kTruncated,  // longer than max_bytes: whole members removed, as the limits section says
+  kDropped,    // malformed, or more than kMaxTraceStateMembers members: discarded
+};
+constexpr size_t kMaxTraceStateMembers = 32;  // the list ABNF: list-member 0*31(...)
+
+// Parses `header` (a comma-separated list of key=value members; spaces and tabs around
+// members and empty members are ignored) and writes to `out` the members kept, joined with
+// ",", at most `max_bytes` bytes. A member whose key or value breaks the ABNF (key: lowercase
+// letter or digit, then up to 255 of a-z 0-9 _ - * / @; value: up to 256 printable ASCII
+// characters but ',' and '=', not ending with a space), or more than 32 members, drops the
+// whole header (out empty). Beyond max_bytes, members longer than 128 bytes are removed
+// first, then members from the end, until the rest fits. Reads `header` once; `out` is always
+// printable ASCII. Never throws but std::bad_alloc.
+TraceStateVerdict limit_tracestate(std::string_view header, size_t max_bytes, std::string* out);
+
 // The per-request context, kept in one HAProxy variable as 66 hex digits:
 // <trace id: 32><seed: 16><remote parent span id: 16, 0 if none><flags: 2>.
 // Every span id of the request derives from the seed (span_id()), so a worker that handles
@@ -51,7 +71,7 @@ struct RequestContext {
   static std::optional<RequestContext> decode(std::string_view s);
 };
 
-// The spans of one request (shared/seeds/001: the tree SPOE events draw).
+// The spans of one request: the tree SPOE events draw (README.md).
 enum class SpanKindId : uint8_t {
   kHaproxySession = 1,
   kClientSession,

@@ -2,10 +2,12 @@
 
 #include <arpa/inet.h>
 
+#include <charconv>
 #include <cstdlib>
 
 #include "agents/tracing/span.h"
 #include "spop/reader.h"
+#include "util/escape.h"
 
 namespace spoad::agents::tracing {
 
@@ -221,10 +223,36 @@ struct TracingAgent::Event {
 
 namespace {
 
+constexpr uint64_t kMaxAttributeValueLimit = 16u << 20;
+
+// OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, else OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, into `limit`
+// (OpenTelemetry counts characters; spoad reads the number as bytes, which is never more).
+void apply_attribute_limit_env(size_t* limit, std::vector<std::string>* problems) {
+  for (const char* name :
+       {"OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"}) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) continue;
+    const std::string_view s(v);
+    uint64_t n = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), n);
+    if (ec == std::errc() && p == s.data() + s.size() && n > 0 && n <= kMaxAttributeValueLimit)
+      *limit = static_cast<size_t>(n);
+    else
+      problems->push_back(std::string(name) + "=\"" + util::printable(s) + "\": expected 1.." +
+                          std::to_string(kMaxAttributeValueLimit) + "; ignored");
+    return;
+  }
+}
+
 std::unique_ptr<agent::AgentOptions> parse(config::Options& o) {
   auto opts = std::make_unique<TracingOptions>();
   opts->sampling = o.number("sampling", 1.0, 0.0, 1.0);
   opts->env_warnings = apply_otel_env(opts->exporter, [](const char* k) { return std::getenv(k); });
+  apply_attribute_limit_env(&opts->attribute_value_limit, &opts->env_warnings);
+  opts->attribute_value_limit = static_cast<size_t>(
+      o.size("attribute-value-limit", opts->attribute_value_limit, 1, kMaxAttributeValueLimit));
+  opts->tracestate_max_bytes =
+      static_cast<size_t>(o.size("tracestate-max-bytes", opts->tracestate_max_bytes, 0, 8192));
   config::Options ex = o.map("exporter");
   parse_exporter_options(ex, &opts->exporter);
   ex.check_unknown();
@@ -278,15 +306,46 @@ void TracingAgent::warn(const std::string& what) {
   ctx_.log->warn("{}", what);
 }
 
+void TracingAgent::note_limits(const Span& s) {
+  if (!s.truncated_attrs && !s.dropped_attrs) return;
+  attributes_truncated_ += s.truncated_attrs;
+  attributes_dropped_ += s.dropped_attrs;
+  if (!ctx_.log || !attr_log_limiter_.allow(ctx_.loop ? uv_now(ctx_.loop) : 0)) return;
+  attr_log_limiter_.take_suppressed();  // the totals say it all
+  ctx_.log->warn(
+      "span \"{}\": {} attribute values cut to attribute-value-limit ({} bytes), {} attributes "
+      "dropped ({} cut, {} dropped so far)",
+      s.name, s.truncated_attrs, opts_.attribute_value_limit, s.dropped_attrs,
+      attributes_truncated_, attributes_dropped_);
+}
+
+std::string_view TracingAgent::limited_tracestate(std::string_view ts, std::string* storage) {
+  if (ts.empty()) return {};
+  const TraceStateVerdict v = limit_tracestate(ts, opts_.tracestate_max_bytes, storage);
+  if (v == TraceStateVerdict::kKept) return *storage;
+  const bool dropped = v == TraceStateVerdict::kDropped;
+  ++(dropped ? tracestate_dropped_ : tracestate_truncated_);
+  if (ctx_.log && ts_log_limiter_.allow(ctx_.loop ? uv_now(ctx_.loop) : 0)) {
+    ts_log_limiter_.take_suppressed();
+    ctx_.log->warn(
+        "tracestate of {} bytes {} (W3C: at most 32 members; tracestate-max-bytes {}): \"{}\" "
+        "({} dropped, {} truncated so far)",
+        ts.size(), dropped ? "dropped" : "truncated", opts_.tracestate_max_bytes,
+        util::printable(ts, 64), tracestate_dropped_, tracestate_truncated_);
+  }
+  return *storage;
+}
+
 void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
   const Stage stage = stage_of(msg.name);
   if (stage == Stage::kUnknown) {
-    warn("unknown message \"" + std::string(msg.name) + "\": ignored");
+    warn("unknown message \"" + util::printable(msg.name, 64) + "\": ignored");
     return;
   }
   const Event e(msg);
   if (e.now < 0) {
-    warn("message \"" + std::string(msg.name) + "\" without a \"now\" argument (date(0,us))");
+    warn("message \"" + util::printable(msg.name, 64) +
+         "\" without a \"now\" argument (date(0,us))");
     return;
   }
   constexpr auto kTxn = spop::Scope::kTransaction;
@@ -302,8 +361,11 @@ void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
   // sampled flag honoured).
   RequestContext c;
   int64_t root_start = e.t_cs >= 0 ? e.t_cs : e.t0;
+  std::string ts_storage;
+  std::string_view trace_state;  // limited: W3C's 32 members, tracestate-max-bytes
   if (e.ctx) {
     c = *e.ctx;
+    trace_state = limited_tracestate(e.ts, &ts_storage);
   } else if (e.has_traceparent || stage == Stage::kFrontendTcpRequest ||
              stage == Stage::kFrontendHttpRequest) {
     const std::optional<TraceParent> tp =
@@ -320,7 +382,9 @@ void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
     c.seed = ids_.u64();
     reply.set_var(kTxn, "ctx", spop::Value::String(c.encode()));
     reply.set_var(kTxn, "sampled", spop::Value::Bool(c.sampled()));
-    if (tp && !e.tracestate.empty()) reply.set_var(kTxn, "ts", spop::Value::String(e.tracestate));
+    // W3C: the tracestate is read only with a valid traceparent.
+    if (tp) trace_state = limited_tracestate(e.tracestate, &ts_storage);
+    if (!trace_state.empty()) reply.set_var(kTxn, "ts", spop::Value::String(trace_state));
     if (root_start < 0) {
       root_start = e.now;
       reply.set_var(kTxn, "t0", spop::Value::Int64(e.now));
@@ -331,14 +395,13 @@ void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
     else
       ++requests_unsampled_;
   } else {
-    warn("message \"" + std::string(msg.name) +
+    warn("message \"" + util::printable(msg.name, 64) +
          "\" without a trace context: is an earlier event missing from the SPOE file?");
     return;
   }
   if (!c.sampled()) return;
 
   Presence p = e.presence();
-  const std::string_view trace_state = !e.ts.empty() ? e.ts : e.tracestate;
   auto make = [&](S which, int64_t start, Span* s) {
     s->name = span_name(which);
     s->trace_id = c.trace_id;
@@ -347,6 +410,7 @@ void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
     s->start_us = static_cast<uint64_t>(start);
     s->end_us = now;
     s->trace_state = trace_state;
+    s->value_limit = opts_.attribute_value_limit;
     auto [parent, follows] = parent_of(which, p);
     if (parent)
       s->parent_id = span_id(c.seed, *parent);
@@ -369,6 +433,7 @@ void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
     Span s;
     make(which, start, &s);
     decorate(s);
+    note_limits(s);
     emit(encode_span(s));
   };
   auto none = [](Span&) {};
@@ -469,13 +534,19 @@ void TracingAgent::stats(nlohmann::json& out) const {
   out["spans_started"] = spans_started_;
   out["spans_ended"] = spans_ended_;
   out["bad_messages"] = bad_messages_;
+  out["attributes_truncated"] = attributes_truncated_;
+  out["attributes_dropped"] = attributes_dropped_;
+  out["tracestate_truncated"] = tracestate_truncated_;
+  out["tracestate_dropped"] = tracestate_dropped_;
   if (exporter_) {
     const SpanExporter::Stats s = exporter_->stats();
     out["spans_enqueued"] = s.enqueued;
     out["spans_exported"] = s.exported;
     out["spans_failed"] = s.failed_spans;
     out["spans_dropped"] = s.dropped;
+    out["spans_dropped_bytes"] = s.dropped_bytes;
     out["spans_queued"] = s.queued;
+    out["spans_queued_bytes"] = s.queued_bytes;
     out["export_requests"] = s.export_requests;
     out["export_failures"] = s.failed_exports;
     out["export_retries"] = s.retries;

@@ -1,6 +1,6 @@
 // tracing: OpenTelemetry spans for each SPOE event, exported over OTLP/HTTP (JSON) or to a file.
 //
-// The spans follow the tree of shared/seeds/001 (one trace per HTTP request):
+// The spans follow the tree drawn in README.md (one trace per HTTP request):
 //
 //   HAProxy session                      on-client-session .. on-http-response   SERVER
 //   ├─ Client session                    on-client-session .. on-http-response   SERVER
@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "agent/agent.h"
@@ -43,8 +44,16 @@
 
 namespace spoad::agents::tracing {
 
+struct Span;
+
 struct TracingOptions : agent::AgentOptions {
   double sampling = 1.0;  // share of requests without an incoming traceparent that are traced
+  // Bytes of a string attribute value (a longer one is cut on a UTF-8 boundary and counted):
+  // `attribute-value-limit`, else OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT or
+  // OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT (read as bytes).
+  size_t attribute_value_limit = 4096;
+  // Bytes of the tracestate kept (`tracestate-max-bytes`; W3C: at least 512 should pass).
+  size_t tracestate_max_bytes = 512;
   ExporterOptions exporter;
   std::vector<std::string> env_warnings;  // OTEL_* values apply_otel_env() could not use
 };
@@ -66,6 +75,9 @@ class TracingAgent : public agent::Agent {
   struct Event;
   void emit(std::string span_json);
   void warn(const std::string& what);
+  // Counts what the limits did to a span and logs it at most once a second.
+  void note_limits(const Span& s);
+  std::string_view limited_tracestate(std::string_view ts, std::string* storage);
 
   agent::Context ctx_;
   TracingOptions opts_;
@@ -73,13 +85,19 @@ class TracingAgent : public agent::Agent {
   std::unique_ptr<SpanExporter> exporter_;
   std::function<void(std::string)> sink_;
   util::RateLimiter log_limiter_{10};
+  util::RateLimiter attr_log_limiter_{1};
+  util::RateLimiter ts_log_limiter_{1};
 
   uint64_t requests_sampled_ = 0;
   uint64_t requests_unsampled_ = 0;
   uint64_t requests_continued_ = 0;  // with an incoming traceparent
   uint64_t spans_started_ = 0;
   uint64_t spans_ended_ = 0;
-  uint64_t bad_messages_ = 0;  // no context where one was needed, unknown message
+  uint64_t bad_messages_ = 0;          // no context where one was needed, unknown message
+  uint64_t attributes_truncated_ = 0;  // string values cut to attribute_value_limit
+  uint64_t attributes_dropped_ = 0;    // attributes beyond Span::kMaxAttributes
+  uint64_t tracestate_truncated_ = 0;  // members removed for tracestate_max_bytes
+  uint64_t tracestate_dropped_ = 0;    // malformed, more than 32 members, or nothing fitted
 };
 
 }  // namespace spoad::agents::tracing

@@ -4,9 +4,13 @@
 #include <gtest/gtest.h>
 #include <yaml-cpp/yaml.h>
 
+#include <spdlog/sinks/ostream_sink.h>
+
+#include <algorithm>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "agent/registry.h"
 #include "agents/tracing/span.h"
@@ -14,6 +18,8 @@
 #include "agents/tracing/tracing.h"
 #include "spop/frames.h"
 #include "spop/writer.h"
+#include "tests/unit/test_http_server.h"
+#include "util/escape.h"
 #include "util/log.h"
 
 namespace spoad::agents::tracing {
@@ -95,11 +101,117 @@ TEST(Sampling, RatioIsRespected) {
   EXPECT_FALSE(ids.sample(0.0));
 }
 
-TEST(Json, StringEscaping) {
-  std::string o;
-  append_json_string(o, std::string("a\"b\\c\n\x01\xc3\xa9\xff", 10));
-  EXPECT_EQ(o, "\"a\\\"b\\\\c\\u000a\\u0001\xc3\xa9\xEF\xBF\xBD\"");
-  EXPECT_NO_THROW(nlohmann::json::parse(o));
+// Ill-formed UTF-8 of every kind (overlong C0 80, a surrogate ED A0 80, U+110000 F4 90 80 80,
+// an F5 lead, a truncated sequence, a lone continuation byte) in every string of a span: the
+// encoding is valid UTF-8 that a strict parser reads, each bad byte shown as U+FFFD.
+TEST(Json, SpanEncodingIsAlwaysValidUtf8) {
+  const std::vector<std::string> bad = {"evil\xc0\x80",
+                                        "sur\xed\xa0\x80",
+                                        "big\xf4\x90\x80\x80",
+                                        "f5\xf5\x80\x80\x80",
+                                        "cut\xe2\x82",
+                                        "lone\x80",
+                                        "ctl\x01\x7f\n\"\\",
+                                        std::string("nul\0x", 5),
+                                        "ok caf\xc3\xa9 \xf0\x9f\x98\x80"};
+  for (const std::string& b : bad) {
+    Span s;
+    s.name = b;
+    s.trace_state = b;
+    s.error = true;
+    s.status_message = b;
+    s.add(b, b);
+    const std::string out = encode_span(s);
+    EXPECT_TRUE(util::is_utf8(out)) << util::printable(b);
+    nlohmann::json j;
+    ASSERT_NO_THROW(j = nlohmann::json::parse(out)) << util::printable(b);
+    EXPECT_TRUE(util::is_utf8(j["attributes"][0]["value"]["stringValue"].get<std::string>()));
+  }
+  Span s;
+  s.add("server.address", "evil\xc0\x80");
+  const auto j = nlohmann::json::parse(encode_span(s));
+  EXPECT_EQ(j["attributes"][0]["value"]["stringValue"], "evil\xEF\xBF\xBD\xEF\xBF\xBD");
+  Span ok;
+  ok.add("k", "caf\xc3\xa9 \xf0\x9f\x98\x80");  // well-formed: copied as is
+  EXPECT_EQ(nlohmann::json::parse(encode_span(ok))["attributes"][0]["value"]["stringValue"],
+            "caf\xc3\xa9 \xf0\x9f\x98\x80");
+}
+
+TEST(Attributes, ValuesAreCutOnACharacterBoundary) {
+  EXPECT_EQ(cut_utf8("abcdef", 4), "abcd");
+  EXPECT_EQ(cut_utf8("abc", 4), "abc");
+  EXPECT_EQ(cut_utf8("ab\xc3\xa9", 3), "ab");  // é would be split: left out
+  EXPECT_EQ(cut_utf8("ab\xc3\xa9", 4), "ab\xc3\xa9");
+  EXPECT_EQ(cut_utf8("a\xf0\x9f\x98\x80z", 2), "a");  // 4-byte character
+  EXPECT_EQ(cut_utf8("a\xf0\x9f\x98\x80z", 4), "a");
+  EXPECT_EQ(cut_utf8("a\xf0\x9f\x98\x80z", 5), "a\xf0\x9f\x98\x80");
+  EXPECT_EQ(cut_utf8("a\xc0\x80\x80\x80", 3), "a\xc0\x80");  // ill-formed: bytes, cut anywhere
+  EXPECT_EQ(cut_utf8("\x80\x80\x80\x80\x80", 2), "\x80\x80");
+
+  Span s;
+  s.value_limit = 4;
+  s.add("url.path", "/abcdef");
+  s.add("short", "/ab");
+  s.add("int", int64_t{7});
+  EXPECT_EQ(s.truncated_attrs, 1u);
+  EXPECT_EQ(s.attrs[0].str, "/abc");
+  EXPECT_EQ(s.attrs[1].str, "/ab");
+  for (size_t i = s.nattrs; i < Span::kMaxAttributes + 2; ++i)
+    s.add("more", "x");
+  EXPECT_EQ(s.dropped_attrs, 2u);
+  EXPECT_EQ(nlohmann::json::parse(encode_span(s))["droppedAttributesCount"], 2);
+}
+
+TEST(TraceState, KeptWhenWithinTheLimits) {
+  std::string out;
+  EXPECT_EQ(limit_tracestate("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE", 512, &out),
+            TraceStateVerdict::kKept);
+  EXPECT_EQ(out, "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE");
+  // OWS and empty members are not part of the list.
+  EXPECT_EQ(limit_tracestate(" a=1 ,\t, b@v=x y ,", 512, &out), TraceStateVerdict::kKept);
+  EXPECT_EQ(out, "a=1,b@v=x y");
+  EXPECT_EQ(limit_tracestate("", 512, &out), TraceStateVerdict::kKept);
+  EXPECT_EQ(out, "");
+  std::string list;
+  for (int i = 0; i < 32; ++i)
+    list += (i ? "," : "") + std::string("k") + std::to_string(i) + "=v";
+  EXPECT_EQ(limit_tracestate(list, 512, &out), TraceStateVerdict::kKept);
+  EXPECT_EQ(out, list);
+}
+
+TEST(TraceState, MalformedOrMoreThan32MembersIsDropped) {
+  std::string out = "old";
+  std::string list;
+  for (int i = 0; i < 33; ++i)
+    list += (i ? "," : "") + std::string("k") + std::to_string(i) + "=v";
+  EXPECT_EQ(limit_tracestate(list, 100000, &out), TraceStateVerdict::kDropped);
+  EXPECT_EQ(out, "");
+  for (const char* bad : {"novalue", "=v", "Key=v", "k=a,b=", "k=v=w", "k=v\x01", "k=caf\xc3\xa9",
+                          "k=v\n", "k!=v", "_k=v"})
+    EXPECT_EQ(limit_tracestate(bad, 512, &out), TraceStateVerdict::kDropped) << bad;
+  EXPECT_EQ(limit_tracestate(std::string(300, 'k') + "=v", 100000, &out),
+            TraceStateVerdict::kDropped);  // a key has at most 256 characters
+  EXPECT_EQ(limit_tracestate("k=" + std::string(257, 'v'), 100000, &out),
+            TraceStateVerdict::kDropped);  // a value at most 256
+  EXPECT_EQ(limit_tracestate(std::string(1 << 20, ','), 512, &out), TraceStateVerdict::kKept);
+  EXPECT_EQ(out, "");
+}
+
+TEST(TraceState, TruncatedToMaxBytesWholeMembersLongOnesFirst) {
+  std::string out;
+  const std::string long1 = "long1=" + std::string(200, 'a');  // > 128 bytes
+  const std::string long2 = "long2=" + std::string(150, 'b');
+  std::string list = "a=1," + long1 + ",b=2," + long2 + ",c=3";
+  // 4+207+4+157+3 = 375 bytes with the commas: over 300, the long members go, from the end.
+  EXPECT_EQ(limit_tracestate(list, 300, &out), TraceStateVerdict::kTruncated);
+  EXPECT_EQ(out, "a=1," + long1 + ",b=2,c=3");
+  EXPECT_EQ(limit_tracestate(list, 100, &out), TraceStateVerdict::kTruncated);
+  EXPECT_EQ(out, "a=1,b=2,c=3");
+  EXPECT_EQ(limit_tracestate(list, 8, &out), TraceStateVerdict::kTruncated);  // from the end
+  EXPECT_EQ(out, "a=1,b=2");
+  EXPECT_EQ(limit_tracestate(list, 2, &out), TraceStateVerdict::kDropped);  // nothing fits
+  EXPECT_EQ(out, "");
+  EXPECT_EQ(limit_tracestate("a=1", 0, &out), TraceStateVerdict::kDropped);
 }
 
 TEST(Json, SpanEncodingFollowsOtlp) {
@@ -310,6 +422,124 @@ TEST(TracingAgent, MessagesWithoutContextAreCountedNotFatal) {
   nlohmann::json st;
   a->stats(st);
   EXPECT_EQ(st["bad_messages"], 2);
+}
+
+// A request whose Host header is "evil\xc0\x80" (an overlong NUL), traced in the same export
+// batch as a clean request, through the real exporter to a real HTTP server: the body is valid
+// UTF-8 that a strict parser reads, and every span of both requests is in it.
+TEST(TracingAgent, IllFormedUtf8InAHeaderKeepsTheBatchValid) {
+  spoad::testing::TestHttpServer server;
+  spoad::testing::TestLoop loop;
+  const std::string yaml =
+      "exporter:\n  endpoint: " + server.url() + "\n  flush-interval: 1h\n  max-batch: 1000\n";
+  const agent::AgentType* t = agent::find_agent_type("tracing");
+  config::Options o(YAML::Load(yaml), std::make_shared<const std::string>("t.yaml"), "agents[0]");
+  auto opts = t->parse(o);
+  agent::Context ctx;
+  ctx.name = "tracing";
+  ctx.loop = loop.get();
+  ctx.log = util::make_logger("tracing");
+  auto a = t->create(ctx, *opts);
+  a->start();
+  for (const char* host : {"evil\xc0\x80", "clean.example", "sur\xed\xa0\x80"}) {
+    FakeHaproxy h(*a);
+    h.send("trace-frontend-http-request", 10, {}, {{"traceparent", spop::Value::Null()}});
+    h.send("trace-backend-tcp-request", 20, kAll, {{"host", spop::Value::String(host)}});
+    h.send("trace-http-response", 30, kAll,
+           {{"status", spop::Value::Int64(200)}, {"uri", spop::Value::String("/p")}});
+  }
+  bool done = false;
+  a->stop([&] { done = true; });  // sends what is queued: one batch
+  ASSERT_TRUE(spoad::testing::run_until(
+      loop.get(), [&] { return done; }, 30000));
+  ASSERT_EQ(server.request_count(), 1u);
+  const std::string body = server.requests()[0].body;
+  EXPECT_TRUE(util::is_utf8(body));
+  nlohmann::json j;
+  ASSERT_NO_THROW(j = nlohmann::json::parse(body));
+  const auto& spans = j["resourceSpans"][0]["scopeSpans"][0]["spans"];
+  // 4 per request: the root, Frontend HTTP request, Backend TCP request, HTTP response.
+  EXPECT_EQ(spans.size(), 12u);
+  std::multiset<std::string> hosts;
+  for (const auto& sp : spans)
+    for (const auto& at : sp["attributes"])
+      if (at["key"] == "server.address") hosts.insert(at["value"]["stringValue"]);
+  EXPECT_EQ(hosts, (std::multiset<std::string>{"clean.example", "evil\xEF\xBF\xBD\xEF\xBF\xBD",
+                                               "sur\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD"}));
+  nlohmann::json st;
+  a->stats(st);
+  EXPECT_EQ(st["spans_exported"], 12);
+  EXPECT_EQ(st["spans_failed"], 0);
+}
+
+// The limits: a long attribute value is cut and counted; a tracestate over 512 bytes loses
+// members and one with 33 members is dropped, both counted; what is stored in txn.<pfx>.ts is
+// the limited value.
+TEST(TracingAgent, AttributeAndTracestateLimitsAreCounted) {
+  std::vector<std::string> spans;
+  auto a = make_agent("attribute-value-limit: 100\nexporter:\n  type: none\n", &spans);
+  const std::string tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  const std::string big_path = "/" + std::string(1 << 20, 'p');
+  std::string ts = "a=1";
+  for (int i = 0; i < 20; ++i)
+    ts += ",k" + std::to_string(i) + "=" + std::string(40, 'v');  // 20 x 44 bytes: > 512
+  {
+    FakeHaproxy h(*a);
+    h.send("trace-frontend-http-request", 5, {},
+           {{"traceparent", spop::Value::String(tp)}, {"tracestate", spop::Value::String(ts)}});
+    ASSERT_TRUE(h.vars.count("ts"));
+    const std::string kept = h.strings["ts"];
+    EXPECT_LE(kept.size(), 512u);
+    EXPECT_EQ(kept.substr(0, 4), "a=1,");
+    h.send("trace-http-response", 9, kAll,
+           {{"status", spop::Value::Int64(200)}, {"uri", spop::Value::String(big_path)}});
+    auto s = by_name(spans);
+    ASSERT_EQ(spans.size(), 3u);
+    EXPECT_EQ(s["HAProxy session"]["traceState"], kept);
+    for (const auto& at : s["HAProxy session"]["attributes"])
+      if (at["key"] == "url.path") EXPECT_EQ(at["value"]["stringValue"], big_path.substr(0, 100));
+  }
+  std::string many;
+  for (int i = 0; i < 33; ++i)
+    many += (i ? "," : "") + std::string("k") + std::to_string(i) + "=v";
+  {
+    FakeHaproxy h(*a);
+    h.send("trace-frontend-http-request", 5, {},
+           {{"traceparent", spop::Value::String(tp)}, {"tracestate", spop::Value::String(many)}});
+    EXPECT_FALSE(h.vars.count("ts"));
+    EXPECT_TRUE(h.vars["sampled"].b);  // the traceparent still counts
+  }
+  nlohmann::json st;
+  a->stats(st);
+  EXPECT_EQ(st["attributes_truncated"], 2);  // url.path of the root and Frontend HTTP request
+  EXPECT_EQ(st["tracestate_truncated"], 1);
+  EXPECT_EQ(st["tracestate_dropped"], 1);
+}
+
+// Message names come from the peer: what the agent logs of them cannot forge a line.
+TEST(TracingAgent, PeerBytesAreLoggedEscaped) {
+  std::ostringstream logged;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(logged);
+  auto log = std::make_shared<spdlog::logger>("tracing-log-test", sink);
+  const agent::AgentType* t = agent::find_agent_type("tracing");
+  config::Options o(YAML::Load("exporter:\n  type: none\n"),
+                    std::make_shared<const std::string>("t.yaml"), "agents[0]");
+  auto opts = t->parse(o);
+  agent::Context ctx;
+  ctx.name = "tracing";
+  ctx.log = log;
+  auto a = t->create(ctx, *opts);
+  FakeHaproxy h(*a);
+  h.send("x\r\n[2026-01-01 00:00:00] [spoad] [error] forged\x1b[31m\xff", 5, {});
+  log->flush();
+  const std::string out = logged.str();
+  EXPECT_NE(out.find("unknown message \"x\\x0d\\x0a[2026-01-01 00:00:00] [spoad] [error] "
+                     "forged\\x1b[31m\\xff\": ignored"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1);  // one line
+  EXPECT_EQ(out.find('\x1b'), std::string::npos);
+  EXPECT_EQ(out.find('\r'), std::string::npos);
 }
 
 }  // namespace

@@ -1,10 +1,14 @@
-"""A real OTLP/HTTP receiver and a real HTTP backend for the tracing tests (stdlib only)."""
+"""A real OTLP/HTTP receiver and a real HTTP backend for the tracing tests (stdlib only).
+
+The receiver is as strict as a collector may be: a body that is not valid UTF-8 (Python's
+strict decoder: no overlong forms, no surrogates, nothing above U+10FFFF) or not JSON gets a
+400, as the OTLP/HTTP specification answers a bad request, and is counted in `rejected`.
+"""
 import gzip
 import http.server
 import json
 import socket
 import threading
-import time
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -22,7 +26,9 @@ class OtlpReceiver:
     def __init__(self, port):
         self.port = port
         self.bodies = []
+        self.raw = []  # the accepted bodies as received (after gzip), bytes
         self.requests = 0
+        self.rejected = 0
         self.lock = threading.Lock()
         self.server = None
         self.conns = set()
@@ -53,11 +59,21 @@ class OtlpReceiver:
                     body = gzip.decompress(body)
                 ok = self.path == "/v1/traces" and \
                     self.headers.get("Content-Type", "").startswith("application/json")
+                status = 200 if ok else 404
                 if ok:
+                    try:
+                        doc = json.loads(body.decode("utf-8", "strict"))
+                    except ValueError:  # UnicodeDecodeError and JSONDecodeError
+                        doc = None
                     with owner.lock:
-                        owner.bodies.append(json.loads(body))
-                        owner.requests += 1
-                self.send_response(200 if ok else 404)
+                        if doc is None:
+                            owner.rejected += 1
+                            status = 400
+                        else:
+                            owner.bodies.append(doc)
+                            owner.raw.append(body)
+                            owner.requests += 1
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -97,13 +113,17 @@ class OtlpReceiver:
 
 
 class Backend:
-    """An HTTP/1.1 server (keep-alive) that answers 200 and records the traceparent header it
-    got for each path."""
+    """An HTTP/1.1 server (keep-alive) that answers 200 and records the headers it got for
+    each path. A request for /slow/... is held until release() (or 60 s, a failure guard)."""
 
     def __init__(self, port):
         self.port = port
         self.seen = {}
         self.lock = threading.Lock()
+        self.gate = threading.Event()
+
+    def release(self):
+        self.gate.set()
 
     def start(self):
         owner = self
@@ -118,7 +138,7 @@ class Backend:
                 with owner.lock:
                     owner.seen[self.path] = {k.lower(): v for k, v in self.headers.items()}
                 if self.path.startswith("/slow"):
-                    time.sleep(0.6)
+                    owner.gate.wait(60)
                 status = 503 if self.path.startswith("/fail") else 200
                 body = b"ok"
                 self.send_response(status)
