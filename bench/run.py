@@ -10,6 +10,11 @@
   mirror   wrk -> HAProxy 2.6 (nbthread 1) -> backend, every request mirrored by spoad to a
            local target, as a ratio of req/s to the same path without SPOE, same run; and the
            p99 added when the target is down.
+  mirror-down
+           the shipped config/haproxy-mirror.cfg with the mirror target down: p99 latency of
+           requests through the filter, as a ratio and a difference to a frontend without the
+           filter in the same HAProxy, measured interleaved on keep-alive connections (the
+           figure tests/integration/test_mirror.py used to assert; tests count outcomes only).
 
 The machines are shared and noisy: every figure is a median of several rounds, and the
 comparisons are ratios against a baseline measured in the same run.
@@ -33,12 +38,7 @@ SPOA_BENCH = os.path.join(BUILD, "cmd", "spoa-bench", "spoa-bench")
 IPC_BENCH = os.path.join(BUILD, "agents", "ip-checker", "ip-checker-bench")
 
 
-def children(pid):
-    try:
-        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
+children = harness.children
 
 
 def fig(name, value, unit="", note=""):
@@ -533,7 +533,9 @@ agents:
             p99_down.append(pc)
             p99_plain.append(pd)
             bad += na + ea + nb + eb + nc + ec + nd + ed
-        time.sleep(1)
+        # The replays still in flight complete (each bounded by replay-timeout).
+        harness.wait_for(lambda: counters(1)["in_flight"] == 0 and counters(2)["in_flight"] == 0,
+                         interval=0.1)
         after, down = counters(1), counters(2)
         med = statistics.median
         msgs = after["messages"] - before["messages"]
@@ -553,6 +555,8 @@ agents:
         fig("mirror.no_spoe_p99", "%.0f" % med(p99_plain), "us", "wrk -c 8, same run")
         fig("mirror.target_down_added_p99", "%.0f" % (med(p99_down) - med(p99_plain)), "us",
             "target <= 1000 (median p99s)")
+        fig("mirror.target_down_p99_ratio", "%.2f" % (med(p99_down) / med(p99_plain)), "",
+            "to no SPOE, same run")
         fig("mirror.target_down_failed_connect", down["failed_connect"], "",
             "of %d messages" % down["messages"])
         fig("mirror.failed_or_non2xx", bad, "", "must be 0")
@@ -560,10 +564,96 @@ agents:
         env.stop()
 
 
+def p99(samples):
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(len(s) * 0.99))]
+
+
+def bench_mirror_down(rounds, clients=4, pairs=150):
+    """Target down, shipped config: latency through the mirror filter against a frontend
+    without it, same HAProxy and app, requests interleaved on keep-alive connections."""
+    import threading
+    import test_mirror as tm  # the test's stack: spoad + HAProxy with the shipped files
+
+    print("== mirror-down: config/haproxy-mirror.cfg, mirror target down, %d rounds of %d "
+          "clients x %d requests to each frontend, interleaved" % (rounds, clients, pairs))
+    s = tm.Stack("bench-mirror-down", [("http://127.0.0.1:%d" % harness.free_port(), {})],
+                 app="haproxy", plain=True, shipped_timeouts=True,
+                 extra="    connect-timeout: 1s\n    replay-timeout: 5s\n")
+    try:
+        s.warm_up()
+        before = s.stats()
+
+        def one_round(rnd):
+            lat = {"mirror": [], "plain": []}
+            errors = []
+            lock = threading.Lock()
+
+            def client(i):
+                conns = {"mirror": tm.RawClient(s.fe), "plain": tm.RawClient(s.plain)}
+                for k in range(pairs):
+                    order = ("mirror", "plain") if (i + k) % 2 == 0 else ("plain", "mirror")
+                    for which in order:
+                        rid = "l%d-%d-%d" % (rnd, i, k)
+                        data = tm.build_request("GET", "/lat/%s/%s?x=%d" % (which, rid, k),
+                                                [("Host", "app.example"), ("X-Req-Id", rid)])
+                        t0 = time.perf_counter()
+                        try:
+                            r = conns[which].request(data, "GET")
+                            dt = time.perf_counter() - t0
+                            ok = r.status == 200 and r.body == b"mirrored\n"
+                        except Exception as e:  # noqa: BLE001
+                            ok, r, dt = False, e, None
+                        with lock:
+                            if ok:
+                                lat[which].append(dt * 1e6)
+                            else:
+                                errors.append((which, repr(r)))
+                for c in conns.values():
+                    c.close()
+
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return lat, errors
+
+        med = statistics.median
+        pm_all, pp_all, errors = [], [], 0
+        for rnd in range(rounds):
+            lat, errs = one_round(rnd)
+            errors += len(errs)
+            if not lat["mirror"] or not lat["plain"]:
+                continue
+            pm, pp = p99(lat["mirror"]), p99(lat["plain"])
+            pm_all.append(pm)
+            pp_all.append(pp)
+            print("  round %d: mirror p50 %5.0f us p99 %5.0f us | plain p50 %5.0f us p99 %5.0f us"
+                  " | p99 ratio %.2f, difference %5.0f us" % (
+                      rnd, med(lat["mirror"]), pm, med(lat["plain"]), pp, pm / pp, pm - pp),
+                  flush=True)
+        s.wait_idle()
+        st = tm.delta(s.stats(), before)
+        if pm_all:
+            fig("mirror_down.p99", "%.0f" % med(pm_all), "us", "median of %d rounds" % len(pm_all))
+            fig("mirror_down.no_filter_p99", "%.0f" % med(pp_all), "us", "baseline, same run")
+            fig("mirror_down.p99_ratio", "%.2f" % (med(pm_all) / med(pp_all)), "",
+                "to the baseline")
+            fig("mirror_down.added_p99", "%.0f" % (med(pm_all) - med(pp_all)), "us",
+                "target <= 1000")
+        fig("mirror_down.failed_requests", errors, "", "must be 0")
+        fig("mirror_down.failed_connect", st["failed_connect"], "",
+            "of %d messages" % st["messages"])
+    finally:
+        s.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("which", nargs="*",
-                    default=["agent", "e2e", "memory", "reload", "tracing", "mirror"])
+                    default=["agent", "e2e", "memory", "reload", "tracing", "mirror",
+                             "mirror-down"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     a = ap.parse_args()
@@ -573,7 +663,8 @@ def main():
          "memory": bench_memory,
          "reload": lambda: bench_reload(max(10, a.rounds)),
          "tracing": lambda: bench_tracing(a.rounds, a.seconds),
-         "mirror": lambda: bench_mirror(a.rounds, a.seconds)}[w]()
+         "mirror": lambda: bench_mirror(a.rounds, a.seconds),
+         "mirror-down": lambda: bench_mirror_down(max(5, a.rounds))}[w]()
 
 
 if __name__ == "__main__":

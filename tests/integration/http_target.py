@@ -25,10 +25,13 @@ class Record:
     """One request as received."""
 
     __slots__ = ("method", "target", "version", "headers", "raw_head", "body_sha256", "body_len",
-                 "arrival", "done", "chunked", "conn", "body")
+                 "arrival", "done", "answered", "chunked", "conn", "body")
 
     def __init__(self):
         self.body = None
+        # time.monotonic() when the head arrived, when the whole request had, and when the
+        # answer began (None until then)
+        self.arrival = self.done = self.answered = None
 
     def header_values(self, name):
         name = name.lower()
@@ -155,6 +158,7 @@ class HttpTarget:
         self.connections = 0
         self.active = 0      # requests received and not answered yet
         self.active_max = 0  # the most at once since start (or clear)
+        self._stopping = threading.Event()  # set by stop(): held answers go out at once
 
     # ---------------------------------------------------------------- control
 
@@ -170,6 +174,7 @@ class HttpTarget:
 
     def stop(self):
         """Down for real: no listener any more, and open connections are cut."""
+        self._stopping.set()
         s, self._lsock = self._lsock, None
         if s is not None:
             try:
@@ -270,7 +275,7 @@ class HttpTarget:
     def _one(self, conn, head, seq):
         """Serves one request; returns False when the connection must close."""
         rec = Record()
-        rec.arrival = time.time()
+        rec.arrival = time.monotonic()
         rec.raw_head = head
         rec.method, rec.target, rec.version, rec.headers = parse_head(head)
         rec.conn = seq
@@ -309,7 +314,7 @@ class HttpTarget:
         rec.body_sha256 = h.hexdigest()
         if parts is not None:
             rec.body = b"".join(parts)
-        rec.done = time.time()
+        rec.done = time.monotonic()
         with self.lock:
             self._records.append(rec)
             self.active += 1
@@ -322,7 +327,7 @@ class HttpTarget:
 
     def _answer(self, conn, rec, lower):
         if self.delay:
-            time.sleep(self.delay)
+            self._stopping.wait(self.delay)  # the slow target's behaviour, not a synchronisation
         conn_tokens = [t.strip().lower() for k, v in lower if k == "connection"
                        for t in v.split(",")]
         if rec.version == "HTTP/1.1":
@@ -340,6 +345,7 @@ class HttpTarget:
             out.append("Connection: close")
         elif rec.version != "HTTP/1.1":
             out.append("Connection: keep-alive")
+        rec.answered = time.monotonic()
         conn.sock.sendall(("\r\n".join(out) + "\r\n\r\n").encode() + body)
         return keep
 

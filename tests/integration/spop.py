@@ -190,8 +190,12 @@ class Frame:
             self.type, self.flags, self.sid, self.fid, len(self.payload))
 
 
+# Seconds a read waits before it gives up: a guard against a hang, not a claim about speed.
+GUARD_S = 60.0
+
+
 class Client:
-    def __init__(self, addr, timeout=5.0):
+    def __init__(self, addr, timeout=GUARD_S):
         if isinstance(addr, str):
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         else:
@@ -232,8 +236,9 @@ class Client:
         assert f is not None and f.type == AGENT_HELLO, f
         return f
 
-    def closed(self, timeout=3.0):
-        """True once the agent closes (EOF or reset) within timeout."""
+    def closed(self, timeout=GUARD_S):
+        """True once the agent closes (EOF or reset); False if it has not after `timeout`
+        seconds (a guard against a hang)."""
         self.sock.settimeout(timeout)
         try:
             while True:
@@ -250,12 +255,81 @@ class Client:
         self.sock.close()
 
 
-def wait_port(host, port, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def wait_port(host, port, timeout=GUARD_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
             socket.create_connection((host, port), timeout=0.5).close()
             return True
         except OSError:
             time.sleep(0.05)
     return False
+
+
+# --------------------------------------------------------------------------------------------
+# Raw (bytes) helpers for hostile-peer tests: names and STRING values stay bytes, never text.
+
+
+def read_typed_raw(b, pos):
+    """As read_typed(), but a STRING is returned as its raw bytes (no decoding)."""
+    t = b[pos] & 0x0F
+    if t == T_STR:
+        n, pos = read_varint(b, pos + 1)
+        return bytes(b[pos:pos + n]), pos + n
+    return read_typed(b, pos)
+
+
+def parse_kv_raw(b):
+    """A KV-LIST as {name bytes: value}, STRING values as bytes."""
+    out, pos = {}, 0
+    while pos < len(b):
+        n, pos = read_varint(b, pos)
+        k = bytes(b[pos:pos + n])
+        pos += n
+        out[k], pos = read_typed_raw(b, pos)
+    return out
+
+
+def parse_actions_raw(b):
+    """As parse_actions(), with bytes keys (b"txn.name") and STRING values as bytes."""
+    scopes = [b"proc", b"sess", b"txn", b"req", b"res"]
+    out, pos = {}, 0
+    while pos < len(b):
+        atype, nargs, scope = b[pos], b[pos + 1], b[pos + 2]
+        pos += 3
+        n, pos = read_varint(b, pos)
+        name = scopes[scope] + b"." + bytes(b[pos:pos + n])
+        pos += n
+        if atype == 1:
+            assert nargs == 3
+            out[name], pos = read_typed_raw(b, pos)
+        else:
+            assert atype == 2 and nargs == 2
+            out[name] = "<unset>"
+    return out
+
+
+def hello_items(max_frame_size=16380, capabilities=b"pipelining", engine_id=b"hostile-test",
+                versions=b"2.0"):
+    """The KV items of a HAPROXY-HELLO as (name bytes, Typed) pairs, to alter one by one."""
+    return [(b"supported-versions", Typed(T_STR, versions)),
+            (b"max-frame-size", Typed(T_UINT32, max_frame_size)),
+            (b"capabilities", Typed(T_STR, capabilities)),
+            (b"engine-id", Typed(T_STR, engine_id))]
+
+
+def hello_from(items):
+    """A HAPROXY-HELLO frame with exactly these KV items."""
+    return frame(HAPROXY_HELLO, kv(items))
+
+
+def raw_disconnect(status, message):
+    """A HAPROXY-DISCONNECT whose message is the STRING `message` (bytes, sent as they are)."""
+    return frame(HAPROXY_DISCONNECT, kv([(b"status-code", Typed(T_UINT32, status)),
+                                         (b"message", Typed(T_STR, message))]))
+
+
+def frame_header(length, ftype=NOTIFY, flags=FIN):
+    """Only the start of a frame: FRAME-LENGTH (any 32-bit value, not checked) and the type and
+    flags bytes, for frames whose length lies."""
+    return struct.pack(">I", length) + bytes([ftype]) + struct.pack(">I", flags)

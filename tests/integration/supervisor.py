@@ -33,7 +33,8 @@ _version = None
 def spoad_version():
     global _version
     if _version is None:
-        r = subprocess.run([harness.SPOAD, "--version"], capture_output=True, text=True, timeout=10)
+        r = subprocess.run([harness.SPOAD, "--version"], capture_output=True, text=True,
+                           timeout=harness.GUARD_S)
         m = re.match(r"^spoad version (\S+)\n$", r.stdout)
         assert m, "unexpected `spoad --version` output: %r" % r.stdout
         _version = m.group(1)
@@ -106,13 +107,15 @@ def config(agents, socket_path=None, mode=None, grace=None, pidfile=None, log_le
 # The master CLI
 
 
-def socat_cmd(sock_path, commands, timeout=20.0):
+def socat_cmd(sock_path, commands, timeout=None):
     """`echo 'commands' | socat UNIX-CONNECT:sock -`: returns socat's stdout.
 
     socat waits at most -t seconds for the master to close after the EOF of stdin; the default
-    (0.5 s) is too short for a loaded machine or a `reload`, hence -t 10."""
-    r = subprocess.run([SOCAT, "-t", "10", "UNIX-CONNECT:" + sock_path, "-"], input=commands + "\n",
-                       capture_output=True, text=True, timeout=timeout)
+    (0.5 s) is too short for a loaded machine or a `reload`, hence -t GUARD_S (the master
+    closes as soon as it has answered: the wait only guards against a hang)."""
+    guard = harness.GUARD_S if timeout is None else timeout
+    r = subprocess.run([SOCAT, "-t", "%g" % guard, "UNIX-CONNECT:" + sock_path, "-"],
+                       input=commands + "\n", capture_output=True, text=True, timeout=guard + 10)
     return r.stdout
 
 
@@ -121,8 +124,9 @@ class CliTimeout(AssertionError):
 
 
 def _recv_all(s, deadline, data=b""):
+    """Reads until EOF; `deadline` is a time.monotonic() value."""
     while True:
-        left = deadline - time.time()
+        left = deadline - time.monotonic()
         if left <= 0:
             raise CliTimeout("the master CLI did not close the connection; got so far: %r" % data)
         s.settimeout(left)
@@ -137,10 +141,11 @@ def _recv_all(s, deadline, data=b""):
         data += chunk
 
 
-def cli(sock_path, commands, timeout=10.0):
+def cli(sock_path, commands, timeout=None):
     """Non-interactive use: sends `commands` + "\\n", then EOF; returns all the master wrote
     until it closed the connection."""
-    deadline = time.time() + timeout
+    timeout = harness.GUARD_S if timeout is None else timeout
+    deadline = time.monotonic() + timeout
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.settimeout(timeout)
@@ -163,7 +168,8 @@ def try_cli(sock_path, commands, timeout=5.0):
 class Session:
     """An interactive connection to the master CLI."""
 
-    def __init__(self, sock_path, timeout=10.0):
+    def __init__(self, sock_path, timeout=None):
+        timeout = harness.GUARD_S if timeout is None else timeout
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.s.settimeout(timeout)
         self.s.connect(sock_path)
@@ -177,9 +183,9 @@ class Session:
         """Reads until the data received ends with `suffix` (the master then waits for us);
         returns that data, suffix included."""
         suffix = suffix.encode()
-        deadline = time.time() + (timeout or self.timeout)
+        deadline = time.monotonic() + (timeout or self.timeout)
         while not self.buf.endswith(suffix):
-            left = deadline - time.time()
+            left = deadline - time.monotonic()
             if left <= 0:
                 raise CliTimeout("no %r at the end of %r" % (suffix, self.buf))
             self.s.settimeout(left)
@@ -199,11 +205,13 @@ class Session:
         out = self.read_until(prompt, timeout)
         return out[:-len(prompt)]
 
-    def closed_by_peer(self, timeout=5.0):
-        """True if the master closes the connection within `timeout` (what it sent meanwhile
-        is appended to self.buf)."""
+    def closed_by_peer(self, timeout=None):
+        """True once the master closes the connection (what it sent meanwhile is appended to
+        self.buf); False if it has not after `timeout` seconds (GUARD_S by default), a guard
+        against a hang."""
+        timeout = harness.GUARD_S if timeout is None else timeout
         try:
-            self.buf = _recv_all(self.s, time.time() + timeout, self.buf)
+            self.buf = _recv_all(self.s, time.monotonic() + timeout, self.buf)
             return True
         except CliTimeout:
             return False
@@ -281,7 +289,7 @@ class ShowProc:
         return {r.pid for r in self.old_workers}
 
 
-def show_proc(sock_path, timeout=10.0):
+def show_proc(sock_path, timeout=None):
     return ShowProc(cli(sock_path, "show proc", timeout))
 
 
@@ -324,11 +332,11 @@ def info_json_fields(obj):
     return out
 
 
-def worker_info(sock_path, rel, timeout=10.0):
+def worker_info(sock_path, rel, timeout=None):
     return parse_info(cli(sock_path, "@%d show info" % rel, timeout))
 
 
-def wait_pool(sock_path, n, timeout=20.0, exclude=(), proc=None):
+def wait_pool(sock_path, n, timeout=None, exclude=(), proc=None):
     """Waits until `show proc` lists `n` current workers, none in `exclude`, all alive, and
     each answers `@N show info` with its own pid. Returns the ShowProc, or None (at once if
     `proc`, the master's harness.Proc, has exited)."""
@@ -409,9 +417,9 @@ class Tracker:
 # SPOP one-shots
 
 
-def check_ip(port, ip, timeout=5.0):
+def check_ip(port, ip, timeout=None):
     """One ip-checker NOTIFY on a new connection: returns the ACK's actions."""
-    c = spop.Client(("127.0.0.1", port), timeout=timeout)
+    c = spop.Client(("127.0.0.1", port), timeout=timeout or harness.GUARD_S)
     try:
         c.handshake()
         c.send(spop.notify(1, 1, [("check-client-ip", [("ip", spop.Typed(spop.T_IPV4, ip))])]))
@@ -422,9 +430,10 @@ def check_ip(port, ip, timeout=5.0):
         c.close()
 
 
-def echo_once(addr, timeout=5.0):
+def echo_once(addr, timeout=None):
     """One echo NOTIFY on a new connection; returns the ACK's actions. `addr`: port or path."""
-    c = spop.Client(("127.0.0.1", addr) if isinstance(addr, int) else addr, timeout=timeout)
+    c = spop.Client(("127.0.0.1", addr) if isinstance(addr, int) else addr,
+                    timeout=timeout or harness.GUARD_S)
     try:
         c.handshake()
         c.send(spop.notify(1, 1, [("m", [("x", "hello")])]))
@@ -473,7 +482,7 @@ class HttpLoad:
         while not self.stop_ev.is_set() and n < self.max:
             n += 1
             try:
-                st, hdrs, _ = harness.http_request(self.port, "/", source=src, timeout=10)
+                st, hdrs, _ = harness.http_request(self.port, "/", source=src)
                 bad = None
                 if st != status:
                     bad = "status %d, expected %d" % (st, status)
@@ -493,7 +502,7 @@ class HttpLoad:
     def stop(self):
         self.stop_ev.set()
         for t in self.threads:
-            t.join(30)
+            t.join(harness.GUARD_S)
 
     def summary(self):
         with self.lock:
@@ -505,12 +514,12 @@ class HttpLoad:
                 ["%.3f %s %s" % f for f in self.failures[:10]])
 
 
-def wait_http_ok(port, timeout=20.0):
+def wait_http_ok(port, timeout=None):
     """Waits until every HTTP_CASES source gets its expected answer (agent up and checked)."""
     def ok():
         for src, status, score in HTTP_CASES:
             try:
-                st, hdrs, _ = harness.http_request(port, "/", source=src, timeout=5)
+                st, hdrs, _ = harness.http_request(port, "/", source=src, timeout=10)
             except OSError:
                 return False
             if st != status or "x-spoe-error" in hdrs or hdrs.get("x-ip-score") != score:

@@ -1,20 +1,24 @@
 """End to end with Debian's HAProxy 2.6: real SPOE traffic from a real HAProxy to spoad.
 
-- config/haproxy.cfg + config/spoe-ip-checker.cfg + config/spoad.yaml run unchanged: denied
-  addresses get 403, the others 200, and the score shows in a response header;
+- config/haproxy.cfg + config/spoe-ip-checker.cfg + config/spoad.yaml run unchanged (but for the
+  SPOE timeouts, see harness.spoe_dir): denied addresses get 403, the others 200, and the score
+  shows in a response header;
 - `option spop-check` marks the agent UP (and DOWN once spoad is gone);
 - HAProxy 2.6 fragments a large NOTIFY when spoad announces a small max-frame-size, and the
   agent receives the whole argument (checked by its SHA-256, returned as a variable).
+
+Nothing here measures speed or sleeps: each step waits for its event (a port, a status in
+HAProxy's `show stat`, a log line, an agent's answer), with harness.GUARD_S as a guard.
 """
 import hashlib
 import os
 import signal
 import sys
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
+import supervisor as sv  # noqa: E402
 
 
 def server_status(stats_sock, backend, server):
@@ -77,7 +81,7 @@ class ShippedConfig(unittest.TestCase):
 
     def test_spop_check_marks_the_agent_up(self):
         ok = harness.wait_for(
-            lambda: server_status(self.stats, "spoe-ip-checker", "spoad")[0] == "UP", timeout=10)
+            lambda: server_status(self.stats, "spoe-ip-checker", "spoad")[0] == "UP")
         status, check, desc = server_status(self.stats, "spoe-ip-checker", "spoad")
         self.assertTrue(ok, (status, check, desc))
         self.assertEqual(check, "L7OK")  # the SPOP HELLO handshake passed (Layer 7)
@@ -99,7 +103,7 @@ class HealthCheckDown(unittest.TestCase):
         spoad.stop(signal.SIGTERM)
         self.assertTrue(harness.wait_for(
             lambda: (server_status(v["HAPROXY_STATS_SOCKET"], "spoe-ip-checker", "spoad")[0] or "")
-            .startswith("DOWN"), timeout=15), env.dump_logs())
+            .startswith("DOWN")), env.dump_logs())
 
 
 RELOAD_SPOAD = """
@@ -108,6 +112,17 @@ agents:
     type: ip-checker
     listen: 127.0.0.1:%(agent)d
     watch: %(watch)s
+    watch-delay: 100ms
+    deny:
+      - name: live
+        score: 100
+        file: %(list)s
+  # The same list, always watched, asked directly over SPOP: once it has seen a change, an
+  # agent that watches would have too (the test's clock, instead of a sleep).
+  - name: iprep-watched
+    type: ip-checker
+    listen: 127.0.0.1:%(watched)d
+    watch: true
     watch-delay: 100ms
     deny:
       - name: live
@@ -134,7 +149,8 @@ class ListReload(unittest.TestCase):
     def start(self, watch):
         env = harness.Env("reload")
         self.addCleanup(env.stop)
-        p = {"agent": harness.free_port(), "list": env.path("live.txt"), "watch": watch}
+        p = {"agent": harness.free_port(), "list": env.path("live.txt"), "watch": watch,
+             "watched": harness.free_port()}
         self.write_list(p["list"], "192.0.2.0/24\n")
         v = harness.shipped_env(env, SPOAD_IPREP_ADDR="127.0.0.1:%d" % p["agent"])
         p.update(tracing=v["SPOAD_TRACING_ADDR"], mirror=v["SPOAD_MIRROR_ADDR"],
@@ -144,7 +160,13 @@ class ListReload(unittest.TestCase):
         self.assertTrue(harness.wait_for(lambda: harness.port_open(p["agent"])), env.dump_logs())
         env.haproxy(os.path.join(harness.CONFIG_DIR, "haproxy.cfg"), env=v)
         self.assertTrue(harness.wait_for(lambda: harness.port_open(fe)), env.dump_logs())
+        self.assertTrue(harness.wait_for(lambda: harness.port_open(p["watched"])), env.dump_logs())
+        self.watched = p["watched"]
         return env, spoad, fe, p["list"]
+
+    def watched_blocks(self, ip="127.0.0.77"):
+        """True if the always-watched agent blocks `ip`."""
+        return sv.check_ip(self.watched, ip).get("txn.blocked") is True
 
     @staticmethod
     def write_list(path, text):
@@ -160,21 +182,25 @@ class ListReload(unittest.TestCase):
         env, spoad, fe, lst = self.start("true")
         self.assertEqual(self.status(fe), 200)
         self.write_list(lst, "192.0.2.0/24\n127.0.0.77/32 ; added\n")
-        self.assertTrue(harness.wait_for(lambda: self.status(fe) == 403, timeout=5),
+        self.assertTrue(harness.wait_for(lambda: self.status(fe) == 403),
                         env.dump_logs()[-3000:])
         with open(lst, "a") as f:  # in-place edit that breaks the file
             f.write("not-an-address\n")
-        time.sleep(1.0)
-        self.assertEqual(self.status(fe), 403)  # the previous list still applies
-        self.assertIn(lst + ":3", spoad.output())  # and the log says why, with file:line
+        # The agent tried to reload the list and failed: its log says why, with file:line...
+        self.assertTrue(harness.wait_for(lambda: any(
+            "] iprep " in line and lst + ":3" in line
+            for line in spoad.output().splitlines())), spoad.output())
+        self.assertEqual(self.status(fe), 403)  # ...and the previous list still applies
 
     def test_sighup_reloads_lists(self):
         env, spoad, fe, lst = self.start("false")
+        self.assertFalse(self.watched_blocks())
         self.write_list(lst, "127.0.0.77/32\n")
-        time.sleep(0.5)
-        self.assertEqual(self.status(fe), 200)  # not watched: nothing changes by itself
+        # An agent that watches the file has seen the change...
+        self.assertTrue(harness.wait_for(self.watched_blocks), env.dump_logs()[-3000:])
+        self.assertEqual(self.status(fe), 200)  # ...this one does not: nothing changes by itself
         spoad.send_signal(signal.SIGHUP)
-        self.assertTrue(harness.wait_for(lambda: self.status(fe) == 403, timeout=5),
+        self.assertTrue(harness.wait_for(lambda: self.status(fe) == 403),
                         env.dump_logs()[-3000:])
 
 
@@ -193,9 +219,9 @@ spoe-agent echo-agent
     messages body
     option var-prefix echo
     option set-on-error error
-    timeout hello 2s
+    timeout hello 30s
     timeout idle 2m
-    timeout processing 2s
+    timeout processing 30s
     use-backend spoe-echo
 
 spoe-message body

@@ -4,11 +4,14 @@
 HAProxy reload (`echo reload | socat master.sock -`), HAProxy sends SIGUSR1 to the old spoad
 master and starts a new one at once. Under HTTP load, 10 reloads:
 - no failed request, never X-SPOE-Error;
-- HAProxy lists the old spoad under `# old programs` until it exits, and it exits (status 0)
-  within spoad's grace period (3 s here) plus a margin, its workers with it;
+- HAProxy lists the old spoad under `# old programs` until it exits, and it exits (status 0,
+  by itself: its master never had to kill a worker past the grace period), its workers with it;
 - spoad's control socket keeps its path and answers from the new master after every reload,
   and still does once the old instances are gone (they never unlink it); same for the pidfile;
 - the environment variables HAProxy passes on expand in spoad.yaml ("${NAME-default}").
+
+Nothing here measures speed: each step waits for its event, with harness.GUARD_S as a guard
+against a hang.
 """
 import os
 import re
@@ -21,7 +24,6 @@ import harness  # noqa: E402
 import supervisor as sv  # noqa: E402
 
 GRACE_S = 3
-EXIT_MARGIN_S = 4
 
 SPOAD_YAML = """
 global:
@@ -74,7 +76,9 @@ def haproxy_show_proc(master_sock):
     """{section: [(pid, type)]} from HAProxy's master CLI `show proc`, or None.
 
     The master CLI keeps a connection open until the client closes: send EOF (sv.cli)."""
-    out = sv.try_cli(master_sock, "show proc", timeout=2.0)  # None while HAProxy re-executes
+    # None while HAProxy re-executes (a connection then waits unanswered: give up soon, the
+    # caller polls again).
+    out = sv.try_cli(master_sock, "show proc", timeout=2.0)
     if out is None or not out.startswith("#<PID>"):
         return None
     sections = {"master": []}
@@ -138,13 +142,13 @@ class ProgramSection(unittest.TestCase):
         cfg = self.env.write("haproxy.cfg", HAPROXY_CFG % {
             "stats": self.env.path("haproxy.sock"), "spoad": harness.SPOAD, "yaml": yaml,
             "pidfile": pidfile, "fe": fe, "agent": agent,
-            "spoe": os.path.join(harness.CONFIG_DIR, "spoe-ip-checker.cfg")})
+            "spoe": os.path.join(harness.spoe_dir(self.env), "spoe-ip-checker.cfg")})
         # spoad.yaml takes its socket and address from the environment HAProxy passes on.
         env = {"SPOAD_CLI_SOCKET": self.sock, "SPOAD_IPREP_ADDR": "127.0.0.1:%d" % agent}
         hap = self.env.start("haproxy", [harness.HAPROXY, "-W", "-db", "-S", self.hsock, "-f", cfg],
                              env=env, cwd=self.env.dir)
 
-        first = harness.wait_for(self.current_spoad, timeout=20, interval=0.1)
+        first = harness.wait_for(self.current_spoad, interval=0.1)
         self.assertIsNotNone(first, ("spoad did not start under HAProxy", self.logs()))
         prog, sp = first
         self.assertTrue(harness.wait_for(lambda: harness.port_open(fe)), self.logs())
@@ -157,10 +161,9 @@ class ProgramSection(unittest.TestCase):
         try:
             for i in range(10):
                 out = sv.socat_cmd(self.hsock, "reload")
-                t_reload = time.time()
-                olds.append((prog, sp.pids(), t_reload))
+                olds.append((prog, sp.pids(), time.time()))
                 nxt = harness.wait_for(lambda: self.current_spoad(exclude={p for p, _, _ in olds}),
-                                       timeout=20, interval=0.1)
+                                       interval=0.1)
                 self.assertIsNotNone(nxt, (i, "no new spoad after the HAProxy reload", out,
                                            sv.try_cli(self.hsock, "show proc"),
                                            self.logs()))
@@ -175,18 +178,16 @@ class ProgramSection(unittest.TestCase):
                     self.assertTrue(old_prog in spoad_programs(sec, "old programs")
                                     or not harness.pid_alive(old_prog), (i, sec))
                 n = load.ok
-                self.assertTrue(harness.wait_for(lambda: load.ok >= n + 8, timeout=10),
+                self.assertTrue(harness.wait_for(lambda: load.ok >= n + 8),
                                 (i, load.summary(), self.logs()))
         finally:
             load.stop()
         failed = ("failed requests", load.summary(),
                   "HAProxy reloads at %s" % ["%.3f" % t for _, _, t in olds], self.logs())
 
-        # Each old spoad (master and workers) exits within the grace period plus a margin.
+        # Each old spoad (master and workers) exits.
         for old_prog, old_workers, t_reload in olds:
-            deadline = t_reload + GRACE_S + EXIT_MARGIN_S
-            harness.wait_for(lambda: sv.all_dead({old_prog} | old_workers),
-                             timeout=max(0.0, deadline - time.time()), interval=0.1)
+            harness.wait_for(lambda: sv.all_dead({old_prog} | old_workers), interval=0.1)
             left = [p for p in {old_prog} | old_workers if harness.pid_alive(p)]
             self.assertEqual(left, [], ("old spoad still alive %.1f s after its reload"
                                         % (time.time() - t_reload), self.logs()))
@@ -197,14 +198,18 @@ class ProgramSection(unittest.TestCase):
         # HAProxy saw each old spoad exit cleanly (SIGUSR1 soft-stop: status 0).
         hap_log = hap.output()
         for old_prog, _, _ in olds:
-            self.assertIn("Former program 'spoad' (%d) exited with code 0" % old_prog, hap_log)
+            self.assertTrue(harness.wait_log(
+                hap, "Former program 'spoad' (%d) exited with code 0" % old_prog), hap_log)
+        hap_log = hap.output()
+        # By themselves: no master had to kill a worker that outlived the grace period.
+        self.assertNotIn("still running: SIGKILL", hap_log)
         self.assertTrue(hap.alive(), self.logs())
         # The old instances did not take the control socket or the pidfile with them.
         sp = sv.show_proc(self.sock)
         self.assertEqual(sp.master.pid, prog, sp.text)
         with open(pidfile) as f:
             self.assertEqual(f.read().strip(), str(prog))
-        self.assertTrue(sv.wait_http_ok(fe, timeout=5), self.logs())
+        self.assertTrue(sv.wait_http_ok(fe), self.logs())
         # Last, the traffic during the reloads (checked after the rest, which is deterministic).
         self.assertEqual(len(load.failures), 0, failed)
         self.assertTrue(all(v >= 10 for v in load.per_source.values()), load.summary())

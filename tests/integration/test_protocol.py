@@ -3,6 +3,10 @@
 A raw client sends well-formed and malformed input; each bad case must get the expected
 AGENT-DISCONNECT status (or a close), while a concurrent well-behaved connection keeps getting
 its ACKs the whole time.
+
+Nothing here sleeps to synchronise or bounds a duration from above: the cases wait for frames,
+and the timeout cases (on an agent of their own, so that a slow machine cannot trip them
+elsewhere) check only that the agent did not give up too early.
 """
 import os
 import socket
@@ -41,7 +45,7 @@ class GoodClient(threading.Thread):
                     return
                 self.acks += 1
                 sid += 2
-                time.sleep(0.002)
+                self.stop_flag.wait(0.002)  # pacing: leave the CPU to the cases
             c.close()
         except Exception as e:  # noqa: BLE001
             self.errors.append(repr(e))
@@ -53,6 +57,7 @@ class Protocol(unittest.TestCase):
         cls.env = harness.Env("protocol")
         cls.port = harness.free_port()
         cls.slow_port = harness.free_port()
+        cls.timeouts_port = harness.free_port()
         cls.unix = cls.env.path("echo.sock")
         cfg = cls.env.write("spoad.yaml", """
 agents:
@@ -60,6 +65,12 @@ agents:
     type: echo
     listen: 127.0.0.1:%d
     max-fragmented-size: 4k
+    timeout:
+      hello: 60s
+      idle: 10m
+  - name: timeouts
+    type: echo
+    listen: 127.0.0.1:%d
     timeout:
       hello: 500ms
       idle: 1500ms
@@ -71,9 +82,11 @@ agents:
     type: echo
     listen: unix:%s
     async: true
-""" % (cls.port, cls.slow_port, cls.unix))
+""" % (cls.port, cls.timeouts_port, cls.slow_port, cls.unix))
         cls.spoad = cls.env.spoad(cfg)
-        ok = harness.wait_for(lambda: harness.port_open(cls.port) and os.path.exists(cls.unix))
+        ok = harness.wait_for(lambda: harness.port_open(cls.port) and os.path.exists(cls.unix)
+                              and harness.port_open(cls.timeouts_port)
+                              and harness.port_open(cls.slow_port, "::1"))
         if not ok:
             raise RuntimeError("spoad did not start:\n" + cls.env.dump_logs())
         cls.good = GoodClient(("127.0.0.1", cls.port))
@@ -82,15 +95,17 @@ agents:
     @classmethod
     def tearDownClass(cls):
         cls.good.stop_flag.set()
-        cls.good.join(5)
+        cls.good.join(harness.GUARD_S)
         cls.env.stop()
 
     def setUp(self):
         self.acks_before = self.good.acks
 
     def tearDown(self):
-        # The well-behaved connection kept working during the case.
-        time.sleep(0.02)
+        # The well-behaved connection kept working during the case: it gets ACKs after it.
+        self.assertTrue(harness.wait_for(lambda: self.good.acks > self.acks_before
+                                         or self.good.errors or not self.good.is_alive()),
+                        "the good connection stalled")
         self.assertEqual(self.good.errors, [])
         self.assertGreater(self.good.acks, self.acks_before, "the good connection stalled")
         self.assertTrue(self.spoad.alive(), self.env.dump_logs())
@@ -209,9 +224,7 @@ agents:
         # be in the first segment the kernel delivers.
         c = self.client()
         c.send(spop.hello())
-        time.sleep(0.2)
-        c.sock.settimeout(2)
-        first = c.sock.recv(65536)
+        first = c.sock.recv(65536)  # what has arrived when the first bytes do
         (n,) = struct.unpack(">I", first[:4])
         self.assertEqual(len(first), 4 + n)
 
@@ -255,15 +268,16 @@ agents:
         self.assertEqual(order, [5, 3, 1])
 
     def test_backpressure_holds_frames_and_drops_none(self):
-        # max-inflight 4 and 200 ms per reply: 12 NOTIFYs need at least 3 rounds.
+        # max-inflight 4: NOTIFYs 1-4 wait 200 ms for their reply, 5-12 are answered at once,
+        # but only once one of the first four has made room. So the first ACK is one of 1-4.
         c = self.client(("::1", self.slow_port))
         c.handshake()
-        t0 = time.time()
-        c.send(b"".join(spop.notify(s, 1, [("m", [("delay_ms", 200)])]) for s in range(1, 13)))
-        got = sorted(c.recv_frame().sid for _ in range(12))
-        elapsed = time.time() - t0
-        self.assertEqual(got, list(range(1, 13)))
-        self.assertGreaterEqual(elapsed, 0.55, "more than max-inflight NOTIFYs ran at once")
+        c.send(b"".join(spop.notify(s, 1, [("m", [("delay_ms", 200 if s <= 4 else 0)])])
+                        for s in range(1, 13)))
+        order = [c.recv_frame().sid for _ in range(12)]
+        self.assertEqual(sorted(order), list(range(1, 13)), "a NOTIFY was dropped")
+        self.assertIn(order[0], (1, 2, 3, 4), ("more than max-inflight NOTIFYs ran at once",
+                                               order))
 
     # ---- fragmentation ----------------------------------------------------------------------
 
@@ -391,18 +405,20 @@ agents:
         self.bad_bytes(spop.frame(spop.AGENT_HELLO, b""), 4)
 
     def test_hello_timeout(self):
-        c = self.client()
-        t0 = time.time()
+        # A lower bound only (the agent did not give up before its 500 ms): load can only
+        # make it later. The clock starts before the connection, as the agent's does.
+        t0 = time.monotonic()
+        c = self.client(("127.0.0.1", self.timeouts_port))
         kv = self.expect_disconnect(c, 2)
-        self.assertGreaterEqual(time.time() - t0, 0.4)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.45)
         self.assertIn("HELLO", kv["message"])
 
     def test_idle_timeout(self):
-        c = self.client()
+        c = self.client(("127.0.0.1", self.timeouts_port))
+        t0 = time.monotonic()  # before the HELLO that starts the agent's idle clock
         c.handshake()
-        t0 = time.time()
         self.expect_disconnect(c, 2)
-        self.assertGreaterEqual(time.time() - t0, 1.4)
+        self.assertGreaterEqual(time.monotonic() - t0, 1.45)
 
     def test_half_written_frame_then_close(self):
         c = self.client()
@@ -415,16 +431,24 @@ agents:
         self.assertEqual(c2.recv_frame().type, spop.ACK)
 
     def test_reset_mid_stream(self):
-        c = self.client()
-        c.handshake()
-        c.send(spop.notify(1, 1, [("m", [("delay_ms", 200)])]))
-        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        c.close()  # RST with a reply still pending
-        time.sleep(0.4)
         c2 = self.client()
         c2.handshake()
-        c2.send(spop.notify(3, 1, [("m", [])]))
+        c = self.client()
+        c.handshake()
+        # One write: once the ACK of the first comes, the worker has read the second too, and
+        # its reply is pending.
+        c.send(spop.notify(1, 1, [("m", [])]) + spop.notify(3, 1, [("m", [("delay_ms", 200)])]))
+        self.assertEqual(c.recv_frame().sid, 1)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()  # RST with a reply still pending
+        # The worker's timers fire in order: once this reply (due later) comes, the one for the
+        # reset connection has been written to a dead socket, and the worker lives on.
+        c2.send(spop.notify(3, 1, [("m", [("delay_ms", 400)])]))
         self.assertEqual(c2.recv_frame().type, spop.ACK)
+        c3 = self.client()
+        c3.handshake()
+        c3.send(spop.notify(5, 1, [("m", [])]))
+        self.assertEqual(c3.recv_frame().type, spop.ACK)
 
     def test_many_connections_at_once(self):
         clients = [self.client() for _ in range(200)]

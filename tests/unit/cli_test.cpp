@@ -1,5 +1,5 @@
 // Unit tests of the CLI grammar and layouts (lib/cli), against HAProxy's master CLI
-// (management.txt 9.4, shared/reference/haproxy-2.6-master-cli-transcript.txt).
+// (management.txt 9.4, and the output of a real HAProxy 2.6 master CLI).
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>

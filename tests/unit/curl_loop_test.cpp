@@ -1,6 +1,8 @@
 // Tests of http::CurlLoop (lib/http) against a real HTTP server on 127.0.0.1: concurrent
 // transfers, failures reported asynchronously, timeouts, cancel_all, close and destruction
-// with transfers in flight. Each test's loop must end with every handle closed.
+// with transfers in flight. Each test's loop must end with every handle closed. Nothing here
+// bounds a duration from above: each step waits for its event (run_until), whose deadline only
+// guards against a hang.
 #include "http/curl_loop.h"
 
 #include <curl/curl.h>
@@ -16,6 +18,7 @@
 namespace spoad::http {
 namespace {
 
+using spoad::testing::kGuardMs;
 using spoad::testing::run_until;
 using spoad::testing::TestHttpServer;
 using spoad::testing::TestLoop;
@@ -33,7 +36,8 @@ struct Xfer {
   CURLcode result = CURLE_OK;
   long status = -1;
 
-  explicit Xfer(const std::string& url, long timeout_ms = 5000) {
+  // timeout_ms: curl's own limit; by default a guard (kGuardMs), not part of the test.
+  explicit Xfer(const std::string& url, long timeout_ms = static_cast<long>(kGuardMs)) {
     easy = curl_easy_init();
     curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
@@ -160,14 +164,15 @@ TEST(CurlLoop, TimeoutUsesTheTimer) {
   });
   TestLoop loop;
   CurlLoop cl(loop.get());
+  // The server never answers: only curl's timeout, driven by the CurlLoop's timer (nothing
+  // else happens on the sockets), ends the transfer; run_until's deadline is just a guard.
   Xfer x(server.url("/slow"), 150);
   const uint64_t t0 = uv_hrtime();
   cl.add(x.easy, x.callback());
   ASSERT_TRUE(run_until(loop.get(), [&] { return x.done; }));
   const uint64_t ms = (uv_hrtime() - t0) / 1'000'000;
   EXPECT_EQ(x.result, CURLE_OPERATION_TIMEDOUT);
-  EXPECT_GE(ms, 140u);
-  EXPECT_LT(ms, 2000u);
+  EXPECT_GE(ms, 140u);  // not before its time (a lower bound: load only makes it later)
   bool closed = false;
   cl.close([&] { closed = true; });
   ASSERT_TRUE(run_until(loop.get(), [&] { return closed; }));

@@ -1,5 +1,5 @@
-// Unit tests of the SPOP codec (lib/spop), against SPOE.txt section 3 and the facts recorded in
-// shared/reference/haproxy-facts.md.
+// Unit tests of the SPOP codec (lib/spop), against SPOE.txt section 3 and HAProxy's own encoder
+// (src/flt_spoe.c, src/mux_spop.c in haproxy/haproxy).
 #include <gtest/gtest.h>
 
 #include <cstring>
