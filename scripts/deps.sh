@@ -8,6 +8,7 @@ SPOAD_PACKAGES=(
   libuv1-dev libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev libgtest-dev
   libcurl4-openssl-dev libssl-dev libcli11-dev zlib1g-dev
   haproxy socat curl python3 wrk procps
+  clang libclang-rt-14-dev llvm   # scripts/fuzz (libFuzzer) and scripts/sanitize (llvm-symbolizer)
 )
 
 missing=()
