@@ -143,6 +143,9 @@ def mirror_seeds():
     write("mirror_request", "hdrs-text",
           "".join("%s: %s\r\n" % (n, v) for n, v in HEADERS) + "\r\n")
     write("mirror_request", "hdrs-text-lf", "Host:  example.com \nAccept:\tx\n\nignored")
+    # Found by this target: a 20-digit Content-Length overflowed a long long (UBSan).
+    write("mirror_request", "content-length-overflow",
+          "content-length: 99999999999999999999\r\n\r\n")
     write("mirror_request", "url-absolute", "https://example.com:8443/a/b?c=d#frag")
     write("mirror_request", "url-origin", "/search?q=%C3%A9")
     write("mirror_request", "url-authority-only", "http://h?x")
