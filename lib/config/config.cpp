@@ -149,6 +149,8 @@ Config parse_config(const std::string& text, const std::string& file_name) {
   cfg.grace_ms = global.duration_ms("grace", cfg.grace_ms, 0, 3'600'000);
   cfg.pidfile = global.str("pidfile", "");
   cfg.handover_ms = global.duration_ms("handover", cfg.handover_ms, 0, 3'600'000);
+  cfg.takeover_timeout_ms =
+      global.duration_ms("takeover-timeout", cfg.takeover_timeout_ms, 0, 60'000);
   global.check_unknown();
 
   Options cli = top.map("cli");

@@ -5,6 +5,7 @@
 //     grace: 10s                # soft-stop bound
 //     pidfile: /run/spoad.pid   # the master's pid
 //     handover: 3s              # under HAProxy's program section, see supervisor/master.h
+//     takeover-timeout: 2s      # wait for a running spoad's sockets, see supervisor/takeover.h
 //   cli:
 //     socket: /run/spoad/master.sock
 //     mode: "0600"
@@ -94,7 +95,10 @@ struct Config {
   std::string log_level = "info";
   uint64_t grace_ms = 10'000;
   uint64_t handover_ms = 3'000;  // under HAProxy: accept until the successor serves, at most
-  std::string pidfile;           // "" = none
+  // At start: how long to wait for a running spoad (same cli.socket) to give its listening
+  // sockets before binding new ones beside it (milliseconds, 0-60 s; 0: no takeover).
+  uint64_t takeover_timeout_ms = 2'000;
+  std::string pidfile;  // "" = none
   CliConfig cli;
   std::vector<AgentConfig> agents;
 };

@@ -342,9 +342,11 @@ void Connection::handle_hello(const spop::Frame& f) {
   arm_timer();
   // A connection that greets a draining server, or a new engine during a hand-over, is closed
   // right after its HELLO: HAProxy reads the AGENT-HELLO and the AGENT-DISCONNECT together,
-  // before it sends any NOTIFY.
+  // before it sends any NOTIFY. In hand-off mode it is handed off once the AGENT-HELLO is
+  // written, like any other.
   const bool welcome = server_.on_engine(std::string(h.engine_id));
-  if (drain_mode_ != DrainMode::kNone || !welcome) drain(DrainMode::kDisconnect);
+  if (!welcome || (drain_mode_ != DrainMode::kNone && drain_mode_ != DrainMode::kHandOff))
+    drain(DrainMode::kDisconnect);
 }
 
 void Connection::handle_notify(const spop::Frame& f) {
@@ -604,8 +606,9 @@ void Connection::on_write(uv_write_t* req, int status) {
 
 void Connection::update_reading() {
   if (state_ == State::kClosed) return;
-  // Handing off: read only to finish a fragmented NOTIFY; the rest stays for the new owner.
-  bool want = !(drain_mode_ == DrainMode::kHandOff && !reasm_.active());
+  // Handing off: read only the HELLO or the end of a fragmented NOTIFY; the rest stays for the
+  // new owner.
+  bool want = !(drain_mode_ == DrainMode::kHandOff && state_ == State::kReady && !reasm_.active());
   if (state_ == State::kReady) {
     const auto& rt = server_.config().runtime;
     want = want && inflight_ < rt.max_inflight && out_.size() + writing_.size() < kMaxPendingOutput;

@@ -59,7 +59,7 @@ class Connection final : public agent::Reply::Owner {
   void close_now();
 
   // Soft-stop (see DrainMode). A connection still waiting for its HELLO is closed right
-  // after it, whatever the mode.
+  // after it, except in kHandOff mode (handed off once its AGENT-HELLO is written).
   void drain(DrainMode mode);
 
   // Takes over an established connection handed off by a worker of the previous generation:

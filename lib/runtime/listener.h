@@ -1,4 +1,5 @@
-// Listening sockets for agent servers.
+// Binding listening sockets for agent servers: the master's (supervisor/listeners.h), or a
+// worker's own when started by an older master.
 #pragma once
 
 #include <cstdint>
@@ -8,8 +9,9 @@
 
 namespace spoad::runtime {
 
-// Creates a TCP socket bound to `addr` with SO_REUSEADDR and SO_REUSEPORT (so the workers of
-// a pool, and a new spoad beside a draining old one, share the address), non-blocking and
+// Creates a TCP socket bound to `addr` with SO_REUSEADDR and SO_REUSEPORT (so the sockets the
+// master binds for the slots of a pool, and a new spoad that could not take them over, share
+// the address), non-blocking and
 // close-on-exec, and listening with `backlog`. IPv6 sockets are IPv6-only. Host names are
 // resolved (first address). Returns the fd; throws std::runtime_error naming the address and
 // the system error.

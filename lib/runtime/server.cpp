@@ -59,54 +59,67 @@ bool Server::limits_log_allow() {
   return allow(limits_limiter_);
 }
 
-void Server::listen(int fd) {
-  if (fd < 0) {
+void Server::listen(const std::vector<int>& given) {
+  std::vector<int> fds = given;
+  if (fds.empty()) {
+    bound_here_ = true;
     if (cfg_.listen.kind == config::ListenAddress::Kind::kUnix) {
-      fd = listen_unix(cfg_.listen.path, cfg_.runtime.backlog, &unix_inode_);
+      fds.push_back(listen_unix(cfg_.listen.path, cfg_.runtime.backlog, &unix_inode_));
       unix_path_ = cfg_.listen.path;
     } else {
-      fd = listen_tcp(cfg_.listen, cfg_.runtime.backlog);
+      fds.push_back(listen_tcp(cfg_.listen, cfg_.runtime.backlog));
     }
   }
-  listen_fd_ = fd;
-  // A socket inherited from the master (unix agents) listens already; listen() again only
-  // applies the backlog.
-  int rc = ::listen(fd, cfg_.runtime.backlog) == 0 ? 0 : uv_translate_sys_error(errno);
-  if (rc == 0) rc = uv_poll_init(loop_, &poll_, fd);  // also makes it non-blocking
-  if (rc != 0) {
-    ::close(fd);
-    listen_fd_ = -1;
-    if (!unix_path_.empty()) unlink_if_owned(unix_path_, unix_inode_);
-    throw std::runtime_error("cannot listen on " + address() + ": " + uv_strerror(rc));
-  }
-  poll_.data = this;
   uv_timer_init(loop_, &accept_timer_);
   accept_timer_.data = this;
   listener_open_ = true;
+  int rc = 0;
+  for (const int fd : fds) {
+    auto sock = std::make_unique<Socket>();
+    sock->server = this;
+    sock->fd = fd;
+    // Inherited sockets listen already; listen() again only applies the backlog.
+    if (rc == 0) rc = ::listen(fd, cfg_.runtime.backlog) == 0 ? 0 : uv_translate_sys_error(errno);
+    if (rc == 0) rc = uv_poll_init(loop_, &sock->poll, fd);  // also makes it non-blocking
+    if (rc != 0) {
+      ::close(fd);
+      continue;
+    }
+    sock->poll.data = sock.get();
+    socks_.push_back(std::move(sock));
+  }
+  if (rc != 0) {
+    close_listener();
+    throw std::runtime_error("cannot listen on " + address() + ": " + uv_strerror(rc));
+  }
   resume_accepting();
 }
 
 void Server::on_readable(uv_poll_t* p, int status, int /*events*/) {
-  auto* s = static_cast<Server*>(p->data);
+  auto* sock = static_cast<Socket*>(p->data);
   if (status < 0) {
-    s->accept_error(status);
+    sock->server->accept_error(status);
     return;
   }
-  s->accept_ready();
+  sock->server->accept_ready(*sock);
 }
 
 void Server::pause_accepting() {
-  if (!polling_) return;
-  uv_poll_stop(&poll_);
-  polling_ = false;
+  for (auto& sock : socks_)
+    if (sock->polling) {
+      uv_poll_stop(&sock->poll);
+      sock->polling = false;
+    }
 }
 
 void Server::resume_accepting() {
-  if (!listener_open_ || stopping_ || polling_ || backing_off_ || at_limit_) return;
-  if (uv_poll_start(&poll_, UV_READABLE, on_readable) == 0) polling_ = true;
+  if (!listener_open_ || stopping_ || backing_off_ || at_limit_) return;
+  for (auto& sock : socks_)
+    if (!sock->polling && uv_poll_start(&sock->poll, UV_READABLE, on_readable) == 0)
+      sock->polling = true;
 }
 
-void Server::accept_ready() {
+void Server::accept_ready(Socket& sock) {
   for (int i = 0; i < kAcceptBatch && listener_open_ && !stopping_; ++i) {
     if (conns_.size() >= cfg_.runtime.max_connections) {
       if (!connection_waiting()) return;
@@ -120,7 +133,7 @@ void Server::accept_ready() {
                    cfg_.runtime.max_connections, address());
       return;
     }
-    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    const int fd = ::accept4(sock.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       const int e = errno;
       if (e == EAGAIN || e == EWOULDBLOCK) return;
@@ -146,8 +159,13 @@ void Server::accept_ready() {
 }
 
 bool Server::connection_waiting() const {
-  pollfd p{listen_fd_, POLLIN, 0};
-  return ::poll(&p, 1, 0) == 1 && (p.revents & POLLIN) != 0;
+  std::vector<pollfd> p;
+  for (const auto& sock : socks_)
+    p.push_back({sock->fd, POLLIN, 0});
+  if (::poll(p.data(), p.size(), 0) <= 0) return false;
+  for (const pollfd& x : p)
+    if (x.revents & POLLIN) return true;
+  return false;
 }
 
 void Server::accept_error(int err) {
@@ -225,46 +243,62 @@ void Server::on_connection_closed(Connection* c) {
 void Server::close_listener() {
   if (!listener_open_) return;
   listener_open_ = false;
-  polling_ = false;
   if (!unix_path_.empty()) unlink_if_owned(unix_path_, unix_inode_);
-  listener_handles_closing_ = 2;
-  uv_close(reinterpret_cast<uv_handle_t*>(&poll_), on_listener_closed);
+  listener_handles_closing_ = static_cast<int>(socks_.size()) + 1;
+  for (auto& sock : socks_) {
+    sock->polling = false;
+    sock->poll.data = this;
+    uv_close(reinterpret_cast<uv_handle_t*>(&sock->poll), on_listener_closed);
+    // Our copy only: the master's keeps the connections waiting in the queue.
+    ::close(sock->fd);  // the poll handle is stopped: the fd is no longer watched
+    sock->fd = -1;
+  }
   uv_close(reinterpret_cast<uv_handle_t*>(&accept_timer_), on_listener_closed);
-  ::close(listen_fd_);  // the poll handle is stopped: the fd is no longer watched
-  listen_fd_ = -1;
 }
 
 void Server::on_listener_closed(uv_handle_t* h) {
   auto* s = static_cast<Server*>(h->data);
-  if (--s->listener_handles_closing_ == 0) s->check_stopped();
-}
-
-void Server::drain_accept_queue() {
-  if (!listener_open_ || cfg_.listen.kind != config::ListenAddress::Kind::kTcp) return;
-  const int fd = listen_fd_;
-  for (;;) {
-    const int c = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (c < 0) break;
-    auto* conn = new Connection(*this);
-    conns_.insert(conn);
-    ++stats_.conns_current;
-    if (conn->adopt(c) != 0) {
-      ::close(c);
-      conn->close_now();
-      continue;
-    }
-    ++stats_.conns_total;
+  if (--s->listener_handles_closing_ == 0) {
+    s->socks_.clear();
+    s->check_stopped();
   }
 }
 
+void Server::drain_accept_queue() {
+  // Our copy may be the last one (a plain soft-stop: the master closed its own; or a socket
+  // this process bound itself), and closing it would reset the connections waiting in its
+  // queue. Take them first.
+  if (!listener_open_) return;
+  for (auto& sock : socks_)
+    for (;;) {
+      const int c = ::accept4(sock->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (c < 0) break;
+      auto* conn = new Connection(*this);
+      conns_.insert(conn);
+      ++stats_.conns_current;
+      if (conn->adopt(c) != 0) {
+        ::close(c);
+        conn->close_now();
+        continue;
+      }
+      ++stats_.conns_total;
+    }
+}
+
 void Server::soft_stop(std::function<void()> done, DrainMode mode) {
-  if (stopping_) return;
   if (mode == DrainMode::kHandOff && !handoff_) mode = DrainMode::kDisconnect;
+  if (stopping_) {
+    if (stopped_) return;
+    std::vector<Connection*> conns(conns_.begin(), conns_.end());
+    for (Connection* c : conns)
+      c->drain(mode);
+    return;
+  }
   stopping_ = true;
   stopped_cb_ = std::move(done);
-  // With SO_REUSEPORT each listener has its own accept queue, and closing it would reset the
-  // connections waiting there: take them first, and drain them with the others.
-  drain_accept_queue();
+  // Handing off (reload, takeover), the master's copy of each listening socket keeps its queue
+  // for the next worker of the slot. Otherwise nobody may poll it again: take what waits.
+  if (mode != DrainMode::kHandOff || bound_here_) drain_accept_queue();
   close_listener();
   std::vector<Connection*> conns(conns_.begin(), conns_.end());
   for (Connection* c : conns)

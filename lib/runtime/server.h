@@ -1,5 +1,11 @@
-// Serves one agent on one address in one worker: the listening socket, its connections, the
-// agent, and their counters. Knows nothing of processes.
+// Serves one agent in one worker: its listening sockets, its connections, the agent, and their
+// counters. Knows nothing of processes.
+//
+// The listening sockets are normally inherited from the master (supervisor/listeners.h): one
+// or more per worker, all polled alike (a reload that shrinks a pool leaves a worker several).
+// The server never closes a socket it did not bind while connections may wait in its queue:
+// a soft-stop just stops polling and closes this process's copy; the master's copy keeps the
+// waiting connections for the next worker of the slot.
 //
 // Budgets, each with a counter (Stats) and a rate-limited log line:
 // - max-connections: beyond it the server stops accepting (new connections wait in the
@@ -19,6 +25,7 @@
 #include <memory>
 #include <string>
 #include <unordered_set>
+#include <vector>
 
 #include "agent/agent.h"
 #include "config/config.h"
@@ -37,16 +44,17 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // Starts accepting on cfg.listen: TCP sockets are bound with SO_REUSEPORT, so several
-  // workers can share the address; Unix sockets replace a stale socket file. If `fd` >= 0,
-  // that already-listening socket is used instead (owned from now on). Throws
+  // Starts accepting on `fds`: already-listening sockets for cfg.listen (owned from now on),
+  // polled alike. With none (a worker started by an older master), binds cfg.listen itself:
+  // TCP with SO_REUSEPORT (runtime/listener.h), a unix socket by rename. Throws
   // std::runtime_error naming the address and the system error.
-  void listen(int fd = -1);
+  void listen(const std::vector<int>& fds = {});
 
   // Soft-stop: stop accepting, let each connection finish its NOTIFYs in flight and let go of
   // it as `mode` says (kHandOff needs a hand-off function, else it falls back to
   // kDisconnect); once the last connection is gone, stop the agent (Agent::stop) and when it
-  // is done, call `done`.
+  // is done, call `done`. Called again while stopping, only the mode of the connections left
+  // changes (`done` is ignored).
   void soft_stop(std::function<void()> done, DrainMode mode = DrainMode::kDisconnect);
 
   // Where connections go when handed off: `fn(state, handle, done)` sends the socket of
@@ -58,8 +66,9 @@ class Server {
   // Serves an established connection handed off by the previous generation (`fd` owned).
   void adopt(int fd, const nlohmann::json& state);
 
-  // A successor is starting on the same address (HAProxy program reload): keep accepting, so
-  // that HAProxy finds someone on the port. Connections from the HAProxy processes seen before
+  // Fallback of a HAProxy program reload when no successor took the sockets over
+  // (supervisor/master.h): keep accepting, so that HAProxy finds someone on the port. Connections
+  // from the HAProxy processes seen before
   // (`old_engines`: the engine-ids of their HELLOs; the old HAProxy worker, soft-stopping
   // too) are served until HAProxy closes them. Those from new engines (HAProxy's new worker)
   // are closed right after their HELLO: HAProxy reads the AGENT-HELLO and the
@@ -105,12 +114,20 @@ class Server {
   static uint64_t now_us();
 
  private:
+  // One listening socket, polled for readability; the server accepts itself (accept4), so that
+  // it sees accept errors and can leave connections in the backlog.
+  struct Socket {
+    Server* server = nullptr;
+    int fd = -1;
+    uv_poll_t poll;
+    bool polling = false;
+  };
   static void on_readable(uv_poll_t* p, int status, int events);
   static void on_accept_timer(uv_timer_t* t);
   static void on_listener_closed(uv_handle_t* h);
-  void accept_ready();
+  void accept_ready(Socket& sock);
   void accept_error(int err);
-  bool connection_waiting() const;  // a connection waits in the backlog
+  bool connection_waiting() const;  // a connection waits in a backlog
   void pause_accepting();
   void resume_accepting();
   bool allow(util::RateLimiter& limiter);
@@ -129,14 +146,11 @@ class Server {
   std::string unix_path_;  // the socket file this server created, if any
   uint64_t unix_inode_ = 0;
 
-  // The listening socket, polled for readability; the server accepts itself (accept4), so that
-  // it sees accept errors and can leave connections in the backlog.
-  int listen_fd_ = -1;
-  uv_poll_t poll_;
+  std::vector<std::unique_ptr<Socket>> socks_;
+  bool bound_here_ = false;  // listen() bound the socket itself (no master's copy)
   uv_timer_t accept_timer_;  // accept-error back-off
   bool listener_open_ = false;
   int listener_handles_closing_ = 0;
-  bool polling_ = false;
   bool at_limit_ = false;     // paused at max-connections
   bool backing_off_ = false;  // paused after an accept error
   uint64_t accept_backoff_ms_ = 0;

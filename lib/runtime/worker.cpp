@@ -13,7 +13,7 @@ Worker::Worker(uv_loop_t* loop, std::vector<config::AgentConfig> agents)
 
 Worker::~Worker() = default;
 
-void Worker::start(const std::vector<int>& fds) {
+void Worker::start(const std::vector<std::vector<int>>& fds) {
   for (size_t i = 0; i < agents_.size(); ++i) {
     const config::AgentConfig& ac = agents_[i];
     agent::Context ctx;
@@ -25,7 +25,7 @@ void Worker::start(const std::vector<int>& fds) {
     servers_.push_back(std::make_unique<Server>(loop_, ac, std::move(a), ctx.log));
     Server& s = *servers_.back();
     s.agent().start();
-    s.listen(i < fds.size() ? fds[i] : -1);
+    s.listen(i < fds.size() ? fds[i] : std::vector<int>{});
     ctx.log->info("{} agent listening on {}", ac.type, s.address());
   }
   running_ = servers_.size();
@@ -46,7 +46,13 @@ void Worker::server_stopped() {
 }
 
 void Worker::soft_stop(uint64_t grace_ms, std::function<void()> done, DrainMode mode) {
-  if (stopping_) return;
+  if (stopping_) {
+    // Already soft-stopping: only the way connections are let go changes (a hand-off whose
+    // taker went away falls back to a DISCONNECT). The first grace period still bounds it.
+    for (auto& s : servers_)
+      s->soft_stop(nullptr, mode);
+    return;
+  }
   stopping_ = true;
   done_ = std::move(done);
   if (servers_.empty()) {

@@ -22,20 +22,21 @@ class Worker {
   Worker(uv_loop_t* loop, std::vector<config::AgentConfig> agents);
   ~Worker();
 
-  // Builds each agent and starts listening. `fds[i]`, if given and >= 0, is an already
-  // listening socket for agents[i]. Throws std::runtime_error (agent that cannot start,
-  // address that cannot be bound).
-  void start(const std::vector<int>& fds = {});
+  // Builds each agent and starts listening. `fds[i]`, if given and not empty, holds the
+  // already-listening sockets for agents[i] (Server::listen); else the server binds itself.
+  // Throws std::runtime_error (agent that cannot start, address that cannot be bound).
+  void start(const std::vector<std::vector<int>>& fds = {});
 
   // Soft-stop every server (connections let go as `mode` says); after `grace_ms`
   // (milliseconds) whatever is left is closed at once. `done` runs when everything is closed.
+  // Called again while stopping, it only changes `mode` (Server::soft_stop).
   void soft_stop(uint64_t grace_ms, std::function<void()> done,
                  DrainMode mode = DrainMode::kDisconnect);
 
   // Hard-stop: close everything now; `done` runs when all handles are closed.
   void hard_stop(std::function<void()> done);
 
-  // Server::hand_over() on every server.
+  // Server::hand_over() on every server (HAProxy program reload without a takeover).
   void hand_over(const std::unordered_set<std::string>& old_engines);
 
   // Asks each agent to re-read its external data (lists).

@@ -2,9 +2,13 @@
 // (supervisor/messages.h: commands, readiness, CLI requests and answers; never per-request
 // data) as length-prefixed binary frames, and, for reloads, established SPOP connections
 // handed from an old worker to a new one (SCM_RIGHTS, attached to Handoff and Adopt frames).
+// The same channel carries a takeover between two masters (supervisor/takeover.h).
 //
-//   master -> worker  Init, CliRequest, SoftStop, HandOver, Adopt (+ socket), HandoffAck
+//   master -> worker  Listen, Init, CliRequest, SoftStop, HandOver, Adopt (+ socket),
+//                     HandoffAck
 //   worker -> master  Ready, Error, CliReply, Handoff (+ socket), Engine
+//   takeover          Takeover, Listener (+ socket), Listeners, Serving, Adopt (+ socket),
+//                     HandoffAck
 //
 // Every field is bytes: no content (invalid UTF-8, NUL, control bytes) can make either end
 // throw. A frame that does not decode is logged and skipped (its socket, if any, closed); a
@@ -34,11 +38,11 @@ class Channel {
   // error.
   static Channel* open(uv_loop_t* loop, int fd, MessageCb on_message, ClosedCb on_closed);
 
-  // Queues one message (not Adopt or Handoff: see send_handle). Returns false when it is
-  // dropped: the channel is closed, or the message is longer than msg::kMaxMessage.
+  // Queues one message (not Adopt, Handoff or Listener: see send_handle). Returns false when
+  // it is dropped: the channel is closed, or the message is longer than msg::kMaxMessage.
   bool send(const msg::Message& m);
 
-  // Queues `m` (Adopt or Handoff) with the socket of `handle` (a uv_tcp_t or uv_pipe_t)
+  // Queues `m` (Adopt, Handoff or Listener) with the socket of `handle` (a uv_tcp_t or uv_pipe_t)
   // attached. `done(ok)` runs once the kernel has it: the caller may then close its handle
   // (the peer holds its own copy of the socket).
   void send_handle(const msg::Message& m, uv_stream_t* handle, std::function<void(bool)> done);

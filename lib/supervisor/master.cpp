@@ -10,6 +10,7 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "cli/format.h"
@@ -160,7 +161,8 @@ int Master::run() {
   cli_path_ = !opts_.cli_socket.empty() ? opts_.cli_socket : cfg_.cli.socket;
   pidfile_ = !opts_.pidfile.empty() ? opts_.pidfile : cfg_.pidfile;
   try {
-    bind_unix_listeners(cfg_);
+    take_over_at_start();
+    listeners_.bind_missing(cfg_);
   } catch (const std::exception& e) {
     log->critical("cannot start: {}", e.what());
     exit_status_ = 1;
@@ -181,8 +183,15 @@ int Master::run() {
 
 void Master::publish() {
   // Only now, with every worker serving: a spoad being replaced (HAProxy program reload)
-  // watches these paths to know that its successor serves (see soft_stop()).
+  // watches these paths to know that its successor serves (see soft_stop()), and the next
+  // spoad finds the takeover socket of the instance that serves now.
   if (!cli_path_.empty()) {
+    try {
+      takeover_sock_ = TakeoverSocket::open(loop_, takeover_path(cli_path_),
+                                            [this](int fd, int pid) { on_successor(fd, pid); });
+    } catch (const std::exception& e) {
+      mlog()->warn("{}: a new spoad will bind its own listening sockets", e.what());
+    }
     const int fd =
         runtime::listen_unix(cli_path_, 64, &cli_inode_, static_cast<int>(cfg_.cli.mode));
     cli_ = std::make_unique<cli::MasterCli>(loop_, *this, cli_limits(cfg_));
@@ -206,13 +215,58 @@ bool Master::successor_serves() const {
   return false;
 }
 
-void Master::bind_unix_listeners(const config::Config& cfg) {
-  for (const auto& a : cfg.agents) {
-    if (a.listen.kind != config::ListenAddress::Kind::kUnix || unix_.count(a.listen.path)) continue;
-    UnixListener ul;
-    ul.fd = runtime::listen_unix(a.listen.path, a.runtime.backlog, &ul.inode);
-    unix_[a.listen.path] = ul;
+void Master::take_over_at_start() {
+  auto log = mlog();
+  if (cli_path_.empty()) {
+    log->info("no cli.socket: no takeover from a running spoad; binding the listening sockets");
+    return;
   }
+  if (cfg_.takeover_timeout_ms == 0) {
+    log->info("global.takeover-timeout is 0: no takeover; binding the listening sockets");
+    return;
+  }
+  Predecessor p = take_over(takeover_path(cli_path_), cfg_.takeover_timeout_ms);
+  if (p.outcome == Predecessor::Outcome::kNone) {
+    log->info("no running spoad to take over from ({}): binding the listening sockets", p.why);
+    return;
+  }
+  if (p.outcome == Predecessor::Outcome::kFailed) {
+    log->warn(
+        "cannot take the listening sockets over from the running spoad: {}; binding new ones "
+        "beside it (SO_REUSEPORT)",
+        p.why);
+    return;
+  }
+  size_t taken = 0;
+  for (auto& sock : p.sockets)
+    taken += listeners_.adopt(cfg_, sock.address, sock.slot, sock.fd, sock.inode) ? 1 : 0;
+  predecessor_pid_ = p.pid;
+  log->info("took {} listening sockets from spoad pid {}{}", taken, p.pid,
+            taken == p.sockets.size()
+                ? ""
+                : " (" + std::to_string(p.sockets.size() - taken) + " not in our configuration)");
+  predecessor_ = Channel::open(
+      loop_, p.fd, [this](msg::Message&& m, int fd) { on_predecessor_message(std::move(m), fd); },
+      [this] {
+        predecessor_ = nullptr;
+        mlog()->info("takeover: the connection to spoad pid {} closed", predecessor_pid_);
+      });
+}
+
+void Master::release_listeners() {
+  // A socket stays while any configuration still run by a worker (or about to be) uses its
+  // address: a stopping worker may hold connections of it, and a smaller pool polls the rest.
+  std::set<std::string> in_use;
+  auto add = [&in_use](const config::Config& c) {
+    for (const auto& a : c.agents)
+      in_use.insert(a.listen.str());
+  };
+  add(cfg_);
+  if (current_) add(current_->cfg);
+  if (next_) add(next_->cfg);
+  for (auto& p : procs_)
+    if (!p->exited) in_use.insert(p->gen->cfg.agents[p->agent].listen.str());
+  listeners_.release_unused(in_use);
 }
 
 void Master::start_generation(Generation& g) {
@@ -253,7 +307,9 @@ Master::Proc* Master::spawn(Slot& s) {
   if (::access(exe.c_str(), X_OK) != 0) exe = "/proc/self/exe";
   std::string worker_flag = "--worker";
   char* args[] = {exe.data(), worker_flag.data(), nullptr};
-  uv_stdio_container_t stdio[5];
+  // fd 3: the channel; fds 4...: the listening sockets of this slot (Listen).
+  const std::vector<int> listen_fds = listeners_.fds_for(ac, s.index);
+  std::vector<uv_stdio_container_t> stdio(4 + listen_fds.size());
   stdio[0].flags = UV_IGNORE;
   stdio[1].flags = UV_INHERIT_FD;
   stdio[1].data.fd = 1;
@@ -261,20 +317,18 @@ Master::Proc* Master::spawn(Slot& s) {
   stdio[2].data.fd = 2;
   stdio[3].flags = UV_INHERIT_FD;
   stdio[3].data.fd = fds[1];
-  int listen_fd = -1;
-  int nstdio = 4;
-  if (ac.listen.kind == config::ListenAddress::Kind::kUnix) {
-    stdio[4].flags = UV_INHERIT_FD;
-    stdio[4].data.fd = unix_.at(ac.listen.path).fd;
-    listen_fd = 4;
-    nstdio = 5;
+  msg::Listen listen;
+  for (size_t i = 0; i < listen_fds.size(); ++i) {
+    stdio[4 + i].flags = UV_INHERIT_FD;
+    stdio[4 + i].data.fd = listen_fds[i];
+    listen.fds.push_back(static_cast<int64_t>(4 + i));
   }
   uv_process_options_t o{};
   o.file = exe.c_str();
   o.args = args;
   o.exit_cb = on_process_exit;
-  o.stdio = stdio;
-  o.stdio_count = nstdio;
+  o.stdio = stdio.data();
+  o.stdio_count = static_cast<int>(stdio.size());
   const int rc = uv_spawn(loop_, &p->handle, &o);
   ::close(fds[1]);
   if (rc != 0) {
@@ -307,9 +361,9 @@ Master::Proc* Master::spawn(Slot& s) {
   init.agent = s.agent;
   init.relative_pid = s.relative_pid;
   init.generation = g.id;
-  init.listen_fd = listen_fd;
+  init.listen_fd = listen.fds.empty() ? -1 : 4;  // for a worker binary older than Listen
   init.log_level = opts_.log_level;
-  if (raw->ch && !raw->ch->send(init))
+  if (raw->ch && (!raw->ch->send(listen) || !raw->ch->send(init)))
     g.errors += "cannot send the configuration to worker " + std::to_string(raw->pid) + "\n";
   s.proc = raw;
   procs_.push_back(std::move(p));
@@ -356,6 +410,12 @@ void Master::on_message(Proc* p, msg::Message&& m, int fd) {
 void Master::hand_off(msg::Handoff&& h, int fd) {
   // A connection an old worker let go at a safe point: give it to a current worker of the same
   // agent, in turn. Its unread bytes wait in the socket meanwhile.
+  if (successor_ && successor_serving_ && fd >= 0) {
+    // Handing over to a new spoad: it adopts the connection into one of its workers.
+    ++successor_unacked_;
+    successor_->send_fd(msg::Adopt{std::move(h.agent), std::move(h.state)}, fd);
+    return;
+  }
   const std::string& agent = h.agent;
   std::vector<Proc*> targets;
   if (current_)
@@ -470,6 +530,13 @@ void Master::generation_ready(Generation& g) {
     }
     mlog()->info("{} worker(s) ready{}", g.slots.size(),
                  cli_path_.empty() ? "" : "; master CLI on " + cli_path_);
+    if (predecessor_) {
+      // Our workers poll the sockets we took: the predecessor may let go. The socket files
+      // are ours from now on.
+      listeners_.claim_files();
+      predecessor_->send(msg::Serving{getpid()});
+      mlog()->info("takeover: told spoad pid {} that we serve", predecessor_pid_);
+    }
     return;
   }
   if (!next_ || &g != next_.get()) return;
@@ -494,19 +561,8 @@ void Master::generation_ready(Generation& g) {
   cfg_ = current_->cfg;
   cfg_text_ = current_->text;
   if (cli_) cli_->set_limits(cli_limits(cfg_));
-  // Unix sockets the new configuration no longer uses: the old workers keep their copies.
-  for (auto it = unix_.begin(); it != unix_.end();) {
-    bool used = false;
-    for (const auto& a : cfg_.agents)
-      used |= a.listen.kind == config::ListenAddress::Kind::kUnix && a.listen.path == it->first;
-    if (used) {
-      ++it;
-      continue;
-    }
-    ::close(it->second.fd);
-    runtime::unlink_if_owned(it->first, it->second.inode);
-    it = unix_.erase(it);
-  }
+  // Sockets of addresses the new configuration no longer uses: kept while old workers run.
+  release_listeners();
   std::string text = "Success=1\n--\n";
   const std::string tag = "(" + std::to_string(getpid()) + ") : ";
   for (auto& s : current_->slots)
@@ -552,6 +608,91 @@ void Master::gc_generations() {
       if (p->gen == g.get()) return false;
     return true;
   });
+  if (!closing_) release_listeners();
+}
+
+// ---- takeover: the old instance's side ------------------------------------------------------
+
+void Master::on_successor(int fd, int pid) {
+  if (successor_) {
+    mlog()->warn(
+        "takeover: spoad pid {} asks for our sockets while spoad pid {} takes them: refused", pid,
+        successor_pid_);
+    ::close(fd);
+    return;
+  }
+  successor_pid_ = pid;
+  successor_serving_ = false;
+  successor_unacked_ = 0;
+  successor_ = Channel::open(
+      loop_, fd, [this](msg::Message&& m, int sock) { on_successor_message(std::move(m), sock); },
+      [this] { successor_lost(); });
+}
+
+void Master::on_successor_message(msg::Message&& m, int fd) {
+  if (fd >= 0) ::close(fd);
+  if (std::holds_alternative<msg::Takeover>(m)) {
+    const auto& socks = listeners_.sockets();
+    mlog()->info("takeover: giving {} listening sockets to spoad pid {}", socks.size(),
+                 successor_pid_);
+    for (const auto& sock : socks) {
+      const int copy = ::fcntl(sock.fd, F_DUPFD_CLOEXEC, 0);
+      if (copy >= 0) successor_->send_fd(msg::Listener{sock.address, sock.slot, sock.inode}, copy);
+    }
+    successor_->send(msg::Listeners{getpid(), socks.size()});
+  } else if (std::holds_alternative<msg::Serving>(m)) {
+    if (successor_serving_) return;
+    successor_serving_ = true;
+    listeners_.disown_files();  // the successor serves on them: its files now
+    mlog()->info("takeover: spoad pid {} serves: handing our connections over to it",
+                 successor_pid_);
+    if (!stopping_) {
+      stop_requested_ms_ = uv_now(loop_);
+      begin_soft_stop(msg::StopMode::kHandOff);
+    }
+  } else if (std::holds_alternative<msg::HandoffAck>(m)) {
+    if (successor_unacked_ > 0) --successor_unacked_;
+    maybe_exit();
+  } else {
+    mlog()->warn("takeover: spoad pid {} sent an unexpected {} message: ignored", successor_pid_,
+                 msg::name(m));
+  }
+}
+
+void Master::successor_lost() {
+  successor_ = nullptr;
+  if (!successor_serving_) {
+    mlog()->info("takeover: spoad pid {} left before it served; we keep serving", successor_pid_);
+    return;
+  }
+  if (closing_) return;
+  // What is left is let go as a plain soft-stop would: DISCONNECT at the first idle moment.
+  mlog()->warn(
+      "takeover: the connection to spoad pid {} broke; {} connection(s) sent, unacknowledged; "
+      "the connections left get a DISCONNECT",
+      successor_pid_, successor_unacked_);
+  successor_unacked_ = 0;
+  const uint64_t elapsed = uv_now(loop_) - stop_requested_ms_;
+  const uint64_t grace = cfg_.grace_ms > elapsed ? cfg_.grace_ms - elapsed : 0;
+  for (auto& p : procs_)
+    if (!p->exited && p->ch && p->ready)
+      p->ch->send(msg::SoftStop{grace, msg::StopMode::kDisconnect});
+  maybe_exit();
+}
+
+// ---- takeover: the new instance's side ------------------------------------------------------
+
+void Master::on_predecessor_message(msg::Message&& m, int fd) {
+  if (auto* a = std::get_if<msg::Adopt>(&m)) {
+    // A connection the predecessor's worker let go at a safe point: one of ours adopts it,
+    // as from an old generation. Acknowledged once read (we hold our copy of the socket).
+    hand_off(msg::Handoff{std::move(a->agent), std::move(a->state)}, fd);
+    if (predecessor_) predecessor_->send(msg::HandoffAck{});
+    return;
+  }
+  if (fd >= 0) ::close(fd);
+  mlog()->warn("takeover: spoad pid {} sent an unexpected {} message: ignored", predecessor_pid_,
+               msg::name(m));
 }
 
 // ---- periodic work: respawns, deadlines ---------------------------------------------------
@@ -559,10 +700,19 @@ void Master::gc_generations() {
 void Master::on_tick(uv_timer_t* t) {
   auto* m = static_cast<Master*>(t->data);
   const uint64_t now = uv_now(m->loop_);
-  if (m->handover_ && (now >= m->handover_deadline_ms_ || m->successor_serves())) {
-    mlog()->info("soft-stop: {}", now >= m->handover_deadline_ms_ ? "no successor seen in time"
-                                                                  : "the new spoad serves");
-    m->begin_soft_stop();
+  if (m->handover_) {
+    // A successor that took our sockets says when it serves (Serving); the files it publishes
+    // just before must not make us fall back.
+    if (now >= m->handover_deadline_ms_)
+      m->handover_fallback("no successor served in time");
+    else if (!m->successor_ && m->successor_serves())
+      m->handover_fallback("the new spoad serves, without a takeover");
+  }
+  if (m->successor_unacked_ > 0 && m->ack_deadline_ms_ != 0 && now >= m->ack_deadline_ms_) {
+    mlog()->warn("takeover: {} connection(s) not acknowledged by spoad pid {}",
+                 m->successor_unacked_, m->successor_pid_);
+    m->successor_unacked_ = 0;
+    m->maybe_exit();
   }
   if (m->stopping_) return;
   if (m->current_)
@@ -607,8 +757,9 @@ void Master::do_reload() {
   try {
     text = config::read_text(opts_.config_path);
     cfg = config::parse_config(text, opts_.config_path);
-    bind_unix_listeners(cfg);
+    listeners_.bind_missing(cfg);
   } catch (const std::exception& e) {
+    release_listeners();
     ++failed_reloads_;
     const std::string tag = "(" + std::to_string(getpid()) + ") : ";
     const std::string why = joined(shown_lines(e.what()));
@@ -755,20 +906,38 @@ void Master::soft_stop() {
   const uint64_t handover = std::min(cfg_.handover_ms, cfg_.grace_ms);
   if (started_ && handover > 0 && std::getenv("HAPROXY_MWORKER") != nullptr) {
     handover_ = true;
-    handed_over_ = true;
     stop_requested_ms_ = uv_now(loop_);
     handover_deadline_ms_ = stop_requested_ms_ + handover;
     mlog()->info("soft-stop: serving until the new spoad serves (at most {} ms)", handover);
-    const msg::HandOver engines{{engine_order_.begin(), engine_order_.end()}};
-    for (auto& p : procs_)
-      if (!p->exited && p->ch && p->ready) p->ch->send(engines);
+    // With a takeover socket, the new spoad takes our sockets and then our connections, those
+    // of HAProxy's new engines included: nothing to close. Without one (no cli.socket), close
+    // the new engines' connections at their HELLO (Server::hand_over).
+    handover_deferred_ = takeover_sock_ != nullptr;
+    if (!handover_deferred_) {
+      const msg::HandOver engines{{engine_order_.begin(), engine_order_.end()}};
+      for (auto& p : procs_)
+        if (!p->exited && p->ch && p->ready) p->ch->send(engines);
+    }
     return;
   }
   stop_requested_ms_ = uv_now(loop_);
-  begin_soft_stop();
+  begin_soft_stop(msg::StopMode::kDisconnect);
 }
 
-void Master::begin_soft_stop() {
+void Master::handover_fallback(const char* why) {
+  mlog()->info("soft-stop: {}", why);
+  if (handover_deferred_) {
+    // No takeover: from now on, a new engine's connection is closed at its HELLO.
+    const msg::HandOver engines{{engine_order_.begin(), engine_order_.end()}};
+    for (auto& p : procs_)
+      if (!p->exited && p->ch && p->ready) p->ch->send(engines);
+  }
+  // HAProxy soft-stops too and closes its own connections, which is the only way without a
+  // race when nobody takes them: wait for it.
+  begin_soft_stop(msg::StopMode::kWait);
+}
+
+void Master::begin_soft_stop(msg::StopMode mode) {
   handover_ = false;
   stopping_ = true;
   const uint64_t elapsed = uv_now(loop_) - stop_requested_ms_;
@@ -778,9 +947,11 @@ void Master::begin_soft_stop() {
       if (s->proc && !s->proc->exited) ::kill(s->proc->pid, SIGTERM);
     old_.push_back(std::move(next_));
   }
-  // Under HAProxy's program reload, HAProxy soft-stops too and closes its own connections,
-  // which is the only way without a race: wait for it. Otherwise, DISCONNECT when idle.
-  const msg::StopMode mode = handed_over_ ? msg::StopMode::kWait : msg::StopMode::kDisconnect;
+  // Nobody takes our connections: nobody needs our sockets either. Closing our copies first
+  // lets each worker take what waits in its queue and then close the socket for good, so new
+  // connections are refused at once rather than left in a queue nobody reads. A successor
+  // that took copies keeps them.
+  if (mode != msg::StopMode::kHandOff) listeners_.close_all();
   for (auto& p : procs_)
     if (!p->exited) soft_stop_worker(*p, grace, mode);
   // The workers bound their soft-stop by the grace period; past it (and a margin), kill.
@@ -833,6 +1004,12 @@ void Master::on_stop_timer(uv_timer_t* t) {
 
 void Master::maybe_exit() {
   if (!stopping_ || closing_ || !procs_.empty()) return;
+  // The successor must have read every connection forwarded before we close the link (a
+  // hang-up behind a passed socket makes libuv drop what follows); on_tick bounds the wait.
+  if (successor_ && successor_unacked_ > 0) {
+    if (ack_deadline_ms_ == 0) ack_deadline_ms_ = uv_now(loop_) + kTakeoverAckTimeoutMs;
+    return;
+  }
   mlog()->info("All workers exited. Exiting... ({})", exit_status_);
   close_everything();
 }
@@ -847,11 +1024,14 @@ void Master::close_everything() {
   uv_close(reinterpret_cast<uv_handle_t*>(&stop_timer_), nullptr);
   if (cli_) cli_->close([] {});
   if (!cli_path_.empty()) runtime::unlink_if_owned(cli_path_, cli_inode_);
-  for (auto& [path, ul] : unix_) {
-    ::close(ul.fd);
-    runtime::unlink_if_owned(path, ul.inode);
-  }
-  unix_.clear();
+  if (takeover_sock_) takeover_sock_->close();
+  takeover_sock_ = nullptr;
+  if (successor_) successor_->close();
+  successor_ = nullptr;
+  if (predecessor_) predecessor_->close();
+  predecessor_ = nullptr;
+  // Unix socket files a successor took over are its own now (Listeners::disown_files).
+  listeners_.close_all();
   if (!pidfile_.empty()) {
     std::ifstream in(pidfile_);
     std::string content;

@@ -1,14 +1,25 @@
-// The master process: starts `workers: N` worker processes per agent, respawns the ones that
-// die, reloads (new generation, then soft-stop of the old one), handles signals as HAProxy's
-// master does, and serves the master CLI.
+// The master process: owns the listening sockets (supervisor/listeners.h), starts `workers: N`
+// worker processes per agent, respawns the ones that die, reloads (new generation, then
+// soft-stop of the old one), hands over to a new spoad instance (supervisor/takeover.h),
+// handles signals as HAProxy's master does, and serves the master CLI.
 //
 //   SIGUSR2, SIGHUP   reload
 //   SIGUSR1           soft-stop: workers stop accepting, finish, exit; then the master exits.
 //                     Under HAProxy's master (HAPROXY_MWORKER set: a `program` section), the
 //                     workers first keep accepting until the new spoad HAProxy started at the
-//                     same time serves (it takes over the CLI socket or the pidfile), at most
-//                     global.handover.
+//                     same time serves, at most global.handover: when it took our sockets
+//                     (takeover), its "serving" message makes us hand every connection to it;
+//                     otherwise (fallback: it replaced the CLI socket or the pidfile without a
+//                     takeover, or nobody came in time) we soft-stop in `wait` mode.
+//                     With no successor and no HAPROXY_MWORKER: `disconnect` mode.
 //   SIGTERM, SIGINT   hard-stop: every process exits now
+//
+// Takeover, as the old instance: a new spoad with the same cli.socket connects to our takeover
+// socket, gets a copy of every listening socket, and once it serves says so; we then soft-stop
+// in `handoff` mode and forward each connection our workers let go (Handoff) to it (Adopt), and
+// exit once they are all done and acknowledged, leaving the socket files to it. As the new
+// instance: at start, before binding, take the predecessor's sockets (bind only what is
+// missing), serve, say so, and adopt the connections it forwards as from an old generation.
 //
 // Workers are spawned with libuv's process API (uv_spawn), which re-executes the spoad binary,
 // rather than with fork(): a forked child would inherit the master's libuv loop (epoll set,
@@ -32,6 +43,8 @@
 #include "cli/master_cli.h"
 #include "config/config.h"
 #include "supervisor/channel.h"
+#include "supervisor/listeners.h"
+#include "supervisor/takeover.h"
 
 namespace spoad::supervisor {
 
@@ -85,14 +98,20 @@ class Master : public cli::MasterBackend {
   void gc_generations();
   void reap(Proc* p);
   void schedule_respawn(Slot& s);
-  void bind_unix_listeners(const config::Config& cfg);
+  void take_over_at_start();
+  void release_listeners();
+  void on_successor(int fd, int pid);
+  void on_successor_message(msg::Message&& m, int fd);
+  void successor_lost();
+  void on_predecessor_message(msg::Message&& m, int fd);
+  void handover_fallback(const char* why);
   void do_reload();
   void finish_reload(bool ok, const std::string& text);
   void finish_reload_on_stop();
   void publish();
   bool successor_serves() const;
   void soft_stop();
-  void begin_soft_stop();
+  void begin_soft_stop(msg::StopMode mode);
   void soft_stop_worker(Proc& p, uint64_t grace_ms, msg::StopMode mode);
   void hard_stop();
   void maybe_exit();
@@ -116,9 +135,8 @@ class Master : public cli::MasterBackend {
   uint64_t crashes_ = 0;  // current workers that died and were respawned
   bool last_reload_failed_ = false;
   bool stopping_ = false;
-  bool handover_ = false;     // SIGUSR1 from HAProxy: serving until the successor serves
-  bool handed_over_ = false;  // this stop came from HAProxy's program reload
-  size_t handoff_rr_ = 0;     // round robin over the workers taking connections
+  bool handover_ = false;  // SIGUSR1 from HAProxy: serving until the successor serves
+  size_t handoff_rr_ = 0;  // round robin over the workers taking connections
   // Engine-ids of the HAProxy processes served so far (oldest first), for a hand-over.
   static constexpr size_t kMaxEngines = 4096;
   static constexpr size_t kMaxEngineId = 128;  // bytes; HAProxy's engine-ids are 36
@@ -136,12 +154,21 @@ class Master : public cli::MasterBackend {
   int next_generation_id_ = 1;
   uint64_t next_cli_id_ = 1;
 
-  // Unix agent sockets, bound once by the master and inherited by the workers.
-  struct UnixListener {
-    int fd = -1;
-    uint64_t inode = 0;
-  };
-  std::map<std::string, UnixListener> unix_;
+  // Every listening socket, bound once (or taken from a predecessor) and inherited by the
+  // workers.
+  Listeners listeners_;
+
+  // Takeover (supervisor/takeover.h).
+  static constexpr uint64_t kTakeoverAckTimeoutMs = 5'000;
+  TakeoverSocket* takeover_sock_ = nullptr;  // published with the CLI socket
+  bool handover_deferred_ = false;           // SIGUSR1 under HAProxy: HandOver only if no takeover
+  Channel* successor_ = nullptr;             // a new spoad that took (or takes) our sockets
+  int successor_pid_ = 0;
+  bool successor_serving_ = false;
+  int successor_unacked_ = 0;  // connections forwarded, not yet acknowledged
+  uint64_t ack_deadline_ms_ = 0;
+  Channel* predecessor_ = nullptr;  // the spoad we took the sockets from
+  int64_t predecessor_pid_ = 0;
 
   std::unique_ptr<cli::MasterCli> cli_;
   std::string cli_path_;

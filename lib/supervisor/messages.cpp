@@ -93,6 +93,25 @@ struct Writer {
     state(m.state);
   }
   void fields(const Engine& m) { bytes(m.id); }
+  void fields(const Listen& m) {
+    varint(m.fds.size());
+    for (int64_t fd : m.fds)
+      sint(fd);
+  }
+  void fields(const Takeover& m) {
+    sint(m.pid);
+    bytes(m.version);
+  }
+  void fields(const Listener& m) {
+    bytes(m.address);
+    varint(m.slot);
+    varint(m.inode);
+  }
+  void fields(const Listeners& m) {
+    sint(m.pid);
+    varint(m.count);
+  }
+  void fields(const Serving& m) { sint(m.pid); }
 };
 
 // ---- reading --------------------------------------------------------------------------------
@@ -217,6 +236,26 @@ struct Reader {
     m.state = state();
   }
   void fields(Engine& m) { m.id = bytes(); }
+  void fields(Listen& m) {
+    const uint64_t n = varint();
+    if (n > in.size()) return void(fail());  // every item takes one byte at least
+    for (uint64_t i = 0; i < n && ok; ++i)
+      m.fds.push_back(sint());
+  }
+  void fields(Takeover& m) {
+    m.pid = sint();
+    m.version = bytes();
+  }
+  void fields(Listener& m) {
+    m.address = bytes();
+    m.slot = varint();
+    m.inode = varint();
+  }
+  void fields(Listeners& m) {
+    m.pid = sint();
+    m.count = varint();
+  }
+  void fields(Serving& m) { m.pid = sint(); }
 };
 
 // The wire type of each alternative: its index in Message + 1.
@@ -243,13 +282,15 @@ bool read_as(uint8_t type, Reader& r, Message& out) {
 const char* name(const Message& m) {
   static const char* const names[] = {"init",      "cli-request", "soft-stop", "hand-over",
                                       "adopt",     "handoff-ack", "ready",     "error",
-                                      "cli-reply", "handoff",     "engine"};
+                                      "cli-reply", "handoff",     "engine",    "listen",
+                                      "takeover",  "listener",    "listeners", "serving"};
   static_assert(std::size(names) == std::variant_size_v<Message>);
   return names[m.index()];
 }
 
 bool carries_fd(const Message& m) {
-  return std::holds_alternative<Adopt>(m) || std::holds_alternative<Handoff>(m);
+  return std::holds_alternative<Adopt>(m) || std::holds_alternative<Handoff>(m) ||
+         std::holds_alternative<Listener>(m);
 }
 
 bool encode(const Message& m, std::string& out) {

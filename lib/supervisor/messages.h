@@ -6,9 +6,10 @@
 // Frame layout (all of it ours; both ends are the same spoad binary):
 //   u32 length   big-endian, bytes after these 4, 2..kMaxMessage
 //   u8  flags    bit 0: a socket travels with this frame (SCM_RIGHTS); set for exactly the
-//                types that carry one (Adopt, Handoff); other bits are 0
-//   u8  type     the alternative's index in Message + 1 (Init = 1 ... Engine = 11). A reload
-//                may run a newer binary beside an older master: only append new types.
+//                types that carry one (Adopt, Handoff, Listener); other bits are 0
+//   u8  type     the alternative's index in Message + 1 (Init = 1 ... Serving = 16). A reload
+//                may run a newer binary beside an older master, and a takeover an older
+//                predecessor: only append new types, never change an existing one.
 //   fields       in declaration order: integers as LEB128 varints (signed ones zigzag-encoded
 //                first), bools as one byte 0 or 1, byte strings as a varint length and the raw
 //                bytes, lists as a varint count and the items
@@ -63,7 +64,7 @@ struct SoftStop {  // as SIGUSR1, bounded by grace_ms (milliseconds)
   StopMode mode = StopMode::kDisconnect;
   bool operator==(const SoftStop&) const = default;
 };
-struct HandOver {  // a successor starts: close the connections of new engines at HELLO
+struct HandOver {  // a successor serves without a takeover: close new engines at HELLO
   std::vector<std::string> engines;
   bool operator==(const HandOver&) const = default;
 };
@@ -101,13 +102,48 @@ struct Engine {  // an engine-id (one HAProxy process) this worker saw first
   bool operator==(const Engine&) const = default;
 };
 
-using Message = std::variant<Init, CliRequest, SoftStop, HandOver, Adopt, HandoffAck, Ready, Error,
-                             CliReply, Handoff, Engine>;
+// ---- master -> worker, appended ---------------------------------------------------------
+struct Listen {  // sent before Init: the inherited listening sockets (fd numbers) to poll
+  std::vector<int64_t> fds;
+  bool operator==(const Listen&) const = default;
+};
+
+// ---- takeover: a new spoad (successor) <-> the one it replaces (predecessor) -----------------
+// On the predecessor's takeover socket (supervisor/takeover.h), in this order:
+//   successor -> predecessor  Takeover
+//   predecessor -> successor  Listener (+ socket) per listening socket, then Listeners
+//   successor -> predecessor  Serving, once its workers serve and it has published
+//   predecessor -> successor  Adopt (+ socket) per connection its workers hand off
+//   successor -> predecessor  HandoffAck per Adopt read
+struct Takeover {  // give me your listening sockets
+  int64_t pid = 0;
+  std::string version;
+  bool operator==(const Takeover&) const = default;
+};
+struct Listener {       // + a listening socket
+  std::string address;  // config::ListenAddress::str()
+  uint64_t slot = 0;    // worker slot index it serves (0 for a unix socket)
+  uint64_t inode = 0;   // a unix socket's file inode, else 0
+  bool operator==(const Listener&) const = default;
+};
+struct Listeners {  // the end of the list: `count` Listener messages were sent
+  int64_t pid = 0;
+  uint64_t count = 0;
+  bool operator==(const Listeners&) const = default;
+};
+struct Serving {  // the successor serves: hand the connections over and leave
+  int64_t pid = 0;
+  bool operator==(const Serving&) const = default;
+};
+
+using Message =
+    std::variant<Init, CliRequest, SoftStop, HandOver, Adopt, HandoffAck, Ready, Error, CliReply,
+                 Handoff, Engine, Listen, Takeover, Listener, Listeners, Serving>;
 
 // The message's name, for logs ("init", "cli-request", ...).
 const char* name(const Message& m);
 
-// True for the types that travel with a socket (Adopt, Handoff).
+// True for the types that travel with a socket (Adopt, Handoff, Listener).
 bool carries_fd(const Message& m);
 
 // Appends `m` as one frame to `out`. Returns false, leaving `out` unchanged, when the frame

@@ -5,6 +5,7 @@
 #include <uv.h>
 
 #include <csignal>
+#include <cstdint>
 #include <ctime>
 #include <memory>
 #include <unordered_set>
@@ -53,7 +54,11 @@ class WorkerProcess {
       return;
     }
     if (sock >= 0) ::close(sock);
-    if (auto* init_msg = std::get_if<msg::Init>(&m)) {
+    if (auto* l = std::get_if<msg::Listen>(&m)) {
+      if (!worker_)
+        for (int64_t fd : l->fds)
+          if (fd >= 0 && fd <= INT32_MAX) listen_fds_.push_back(static_cast<int>(fd));
+    } else if (auto* init_msg = std::get_if<msg::Init>(&m)) {
       if (!worker_) init(*init_msg);
     } else if (std::holds_alternative<msg::HandoffAck>(m)) {
       if (unacked_ > 0 && --unacked_ == 0 && closed_) close_channel();
@@ -104,7 +109,11 @@ class WorkerProcess {
       id.generation = static_cast<int>(m.generation);
       id.version = SPOAD_VERSION;
       id.start_time_s = static_cast<uint64_t>(std::time(nullptr));
-      worker_->start({static_cast<int>(m.listen_fd)});
+      // The sockets the master listens on for us (Listen); an older master sends only a unix
+      // agent's socket in Init, and TCP workers then bind themselves.
+      std::vector<int> fds = listen_fds_;
+      if (fds.empty() && m.listen_fd >= 0) fds.push_back(static_cast<int>(m.listen_fd));
+      worker_->start({fds});
       for (const auto& s : worker_->servers()) {
         const std::string name = s->config().name;
         s->set_engine_callback([this](const std::string& engine) {
@@ -229,6 +238,7 @@ class WorkerProcess {
   config::Config cfg_;
   std::unique_ptr<runtime::Worker> worker_;
   std::unique_ptr<cli::WorkerCli> cli_;
+  std::vector<int> listen_fds_;  // inherited listening sockets (Listen)
   uv_signal_t sig_[5];
   int master_pid_ = 0;
   int status_ = 0;

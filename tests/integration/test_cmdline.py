@@ -196,6 +196,10 @@ agents:
       - url: http://127.0.0.1:%d
 """ % (sock, port, target.server_address[1]))
         env = {"HAPROXY_MWORKER": "1"}
+        # The successor does not take the sockets over (global.takeover-timeout: 0, as a spoad
+        # older than the takeover): the old one falls back to `wait` mode.
+        new_path = self.env.write("new.yaml", open(path).read().replace(
+            "global:\n", "global:\n  takeover-timeout: 0s\n"))
         old = self.env.spoad(path, env=env, name="old")
         self.assertTrue(harness.wait_for(lambda: os.path.exists(sock) and harness.port_open(port)),
                         old.output())
@@ -203,8 +207,9 @@ agents:
         c.handshake()
         old.send_signal(signal.SIGUSR1)
         # The successor takes the control socket over: the old spoad soft-stops in wait mode.
-        new = self.env.spoad(path, env=env, name="new")
-        self.assertTrue(harness.wait_log(old, "the new spoad serves"), old.output())
+        new = self.env.spoad(new_path, env=env, name="new")
+        self.assertTrue(harness.wait_log(old, "the new spoad serves, without a takeover"),
+                        old.output())
         # The old worker got its soft-stop: it no longer listens (the new one does).
         kids = harness.wait_for(lambda: harness.children(old.pid))
         self.assertEqual(len(kids), 1, old.output())

@@ -59,6 +59,17 @@ std::vector<msg::Message> samples() {
       msg::Handoff{"iprep", {}},
       msg::Engine{b},
       msg::Engine{"\xff"},
+      msg::Listen{{4, 5, 6}},
+      msg::Listen{{}},
+      msg::Listen{{-1, INT64_MIN, INT64_MAX}},
+      msg::Takeover{4242, b},
+      msg::Takeover{INT64_MIN, ""},
+      msg::Listener{b, 7, 123456789},
+      msg::Listener{"127.0.0.1:9000", ~uint64_t{0}, 0},
+      msg::Listeners{4242, 3},
+      msg::Listeners{0, ~uint64_t{0}},
+      msg::Serving{99},
+      msg::Serving{INT64_MAX},
   };
 }
 
@@ -132,7 +143,7 @@ TEST(Messages, MalformedFramesAreRejectedWholeAndSkipped) {
       {"empty body", frame(""), false},
       {"flags only", frame("\x00"), false},
       {"type 0", frame(std::string("\x00\x00", 2)), false},
-      {"type 12", frame(std::string("\x00\x0c", 2)), false},
+      {"type 17", frame(std::string("\x00\x11", 2)), false},
       {"type 255", frame(std::string("\x00\xff", 2)), false},
       {"unknown flag", frame(std::string("\x02") + body.substr(1)), false},
       {"fd flag on engine", frame(std::string("\x01") + body.substr(1)), true},
@@ -164,6 +175,15 @@ TEST(Messages, MalformedFramesAreRejectedWholeAndSkipped) {
        true},
       {"bad stop mode", frame(std::string("\x00\x03\x00\x03", 4)), false},
       {"missing field", frame(std::string("\x00\x07\x05", 3)), false},
+      {"no fd flag on listener",
+       frame(std::string("\x00") + encoded(msg::Listener{"a", 0, 0}).substr(5)), false},
+      {"listen count beyond the frame", frame(std::string("\x00\x0c\x05\x02", 4)), false},
+      {"listener without its inode",
+       frame(std::string("\x01\x0e\x01"
+                         "a"
+                         "\x00",
+                         5)),
+       true},
   };
   for (const Case& c : cases) {
     const Decoded d = msg::decode(c.frame + ok);
