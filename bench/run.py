@@ -7,6 +7,12 @@
            spoad, as a ratio of req/s to the same HAProxy frontend without SPOE, same run.
   memory   RSS of an idle spoad; load time and RSS with 1,000,000 deny prefixes; lookup
            latency from ip-checker-bench.
+  reload-haproxy
+           HAProxy reloads under keep-alive load: with spoad in a program section (2.x to
+           3.2), the time from HAProxy's `reload` to the new spoad serving, and how long
+           HAProxy's new worker waits for its first ACK (its own processing time of its first
+           event); the same-run baseline is the same HAProxy with spoad apart (not reloaded).
+           Also spoad's own `reload` under that traffic. Medians over the reloads.
   mirror   wrk -> HAProxy 2.6 (nbthread 1) -> backend, every request mirrored by spoad to a
            local target, as a ratio of req/s to the same path without SPOE, same run; and the
            p99 added when the target is down.
@@ -323,6 +329,255 @@ agents:
             "%.1f" % (statistics.median(times) / statistics.median(spawn)), "")
     finally:
         env.stop()
+
+
+RELOAD_HAPROXY = """
+global
+%(global)s
+    stats socket %(stats)s mode 600 level admin
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+%(program)s
+frontend www
+    bind 127.0.0.1:%(fe)d
+    filter spoe engine ip-checker config %(spoe)s
+    http-request deny deny_status 403 if { var(txn.iprep.blocked) -m bool }
+    http-after-response set-header X-Pid %%pid
+    http-after-response set-header X-Rt %%rt
+    http-after-response set-header X-Ptime %%[var(txn.iprep.ptime)] if { var(txn.iprep.ptime) -m found }
+    http-after-response set-header X-SPOE-Error %%[var(txn.iprep.error)] if { var(txn.iprep.error) -m found }
+    default_backend app
+backend app
+    http-request return status 200 content-type text/plain string "ok"
+backend spoe-ip-checker
+    mode tcp
+    balance roundrobin
+    timeout connect 1s
+    timeout server 3m
+    option spop-check
+    server spoad 127.0.0.1:%(agent)d check inter 1s
+"""
+
+
+class _ReloadLoad:
+    """A few keep-alive HTTP clients; every response is recorded as (time, pid, rt, ptime in
+    ms, latency in us, SPOE error)."""
+
+    def __init__(self, port, n=4):
+        import threading
+        self.port, self.stop_ev, self.lock = port, threading.Event(), threading.Lock()
+        self.rows = []
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        while not self.stop_ev.is_set():
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", "/")
+                r = conn.getresponse()
+                r.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                continue
+            lat = (time.perf_counter() - t0) * 1e6
+            h = {k.lower(): v for k, v in r.getheaders()}
+            ptime = h.get("x-ptime")
+            row = (time.time(), int(h.get("x-pid", 0)), int(h.get("x-rt", 0)),
+                   int(ptime) if ptime not in (None, "") else None, lat, "x-spoe-error" in h)
+            with self.lock:
+                self.rows.append(row)
+
+    def since(self, t):
+        with self.lock:
+            return [r for r in self.rows if r[0] >= t]
+
+    def stop(self):
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def _hap_workers(master_sock):
+    """HAProxy's current worker pids from its master CLI `show proc`, or None."""
+    try:
+        out = cli(master_sock, "show proc", timeout=2)
+    except OSError:
+        return None
+    pids, section = set(), None
+    for line in out.split("\n")[1:]:
+        if line.startswith("# "):
+            section = line[2:].strip()
+        elif section == "workers" and line.split()[:2] and line.split()[0].isdigit():
+            pids.add(int(line.split()[0]))
+    return pids or None
+
+
+def _reload_layout(rounds, program):
+    """One layout of bench_reload_haproxy: `program` runs spoad from HAProxy's program section
+    (HAProxy reloads spoad too), otherwise spoad runs apart (only HAProxy reloads). Returns
+    {figure: [values per reload]}."""
+    import socket as so
+    env = harness.Env("bench-reload-hap")
+    try:
+        agent, fe = harness.free_port(), harness.free_port()
+        sock, hsock = env.path("spoad.sock"), env.path("haproxy-master.sock")
+        with open(os.path.join(harness.CONFIG_DIR, "spoe-ip-checker.cfg")) as f:
+            spoe = f.read()
+        # The shipped file plus one line: HAProxy's own processing time of each event
+        # (txn.iprep.ptime, milliseconds).
+        spoe = spoe.replace("    option var-prefix iprep\n",
+                            "    option var-prefix iprep\n    option set-process-time ptime\n")
+        yaml = env.write("spoad.yaml", """
+global:
+  log-level: warn
+  grace: 10s
+cli:
+  socket: %s
+agents:
+  - name: iprep
+    type: ip-checker
+    listen: 127.0.0.1:%d
+    workers: 2
+    deny:
+      - name: drop
+        score: 100
+        file: %s
+""" % (sock, agent, os.path.join(harness.CONFIG_DIR, "lists", "demo-drop.txt")))
+        glob_lines = []
+        prog = ""
+        if program:
+            if harness.haproxy_at_least(3, 1):
+                glob_lines.append("    expose-deprecated-directives")
+            prog = "program spoad\n    command %s -f %s\n" % (harness.SPOAD, yaml)
+        else:
+            env.spoad(yaml)
+            harness.wait_for(lambda: harness.port_open(agent))
+        cfg = env.write("haproxy.cfg", RELOAD_HAPROXY % {
+            "global": "\n".join(glob_lines), "program": prog, "fe": fe, "agent": agent,
+            "stats": env.path("haproxy.sock"), "spoe": env.write("spoe-ip-checker.cfg", spoe)})
+        env.start("haproxy", [harness.HAPROXY, "-W", "-db", "-S", hsock, "-f", cfg], cwd=env.dir)
+
+        def spoad_serving(exclude):
+            """The spoad master pid once its CLI answers from a master not in `exclude` with
+            its 2 workers answering `show info`."""
+            try:
+                out = cli(sock, "show proc", timeout=2)
+                lines = out.split("\n")
+                master = int(lines[1].split()[0])
+                if master in exclude:
+                    return None
+                workers = []
+                for line in lines[3:]:
+                    if not line or line.startswith("#"):
+                        break
+                    workers.append(line.split())
+                if len(workers) != 2:
+                    return None
+                for w in workers:
+                    if "Pid: %s\n" % w[0] not in cli(sock, "@%s show info" % w[2], timeout=2):
+                        return None
+                return master
+            except (OSError, IndexError, ValueError):
+                return None
+
+        harness.wait_for(lambda: _hap_workers(hsock) and spoad_serving(()), interval=0.05)
+        load = _ReloadLoad(fe)
+        try:
+            harness.wait_for(lambda: len(load.since(0)) > 200)
+            masters = {spoad_serving(())}
+            figs = {"takeover_ms": [], "first_ack_ms": [], "worst_first20_ms": [],
+                    "first_latency_us": [], "steady_latency_us": [], "steady_ptime_ms": [],
+                    "spoe_errors": [], "spoad_reload_ms": [], "first_errors": []}
+            for _ in range(rounds):
+                t_steady = time.time()
+                time.sleep(1.0)
+                steady = load.since(t_steady)
+                figs["steady_latency_us"].append(statistics.median(r[4] for r in steady))
+                figs["steady_ptime_ms"].append(statistics.median(r[3] or 0 for r in steady))
+                old = _hap_workers(hsock) or set()
+                t0 = time.perf_counter()
+                t0_wall = time.time()
+                cli(hsock, "reload", timeout=30)
+                if program:
+                    m = harness.wait_for(lambda: spoad_serving(masters), interval=0.005)
+                    figs["takeover_ms"].append((time.perf_counter() - t0) * 1000)
+                    masters.add(m)
+                new = harness.wait_for(lambda: (_hap_workers(hsock) or old) - old, interval=0.01)
+                # The new worker's first events: its lowest request counters (%rt).
+                def first_rows():
+                    rows = [r for r in load.since(t0_wall) if r[1] in new]
+                    return rows if len(rows) >= 50 else None
+                rows = harness.wait_for(first_rows, timeout=10, interval=0.05) or \
+                    [r for r in load.since(t0_wall) if r[1] in new]
+                rows.sort(key=lambda r: r[2])
+                if rows:
+                    figs["first_errors"].append(int(rows[0][5]))
+                    figs["first_ack_ms"].append(rows[0][3] or 0)
+                    figs["first_latency_us"].append(rows[0][4])
+                    figs["worst_first20_ms"].append(max(r[3] or 0 for r in rows[:20]))
+                figs["spoe_errors"].append(sum(r[5] for r in load.since(t0_wall)))
+                # spoad's own reload under the same traffic: `reload` to Success=1.
+                t1 = time.perf_counter()
+                out = cli(sock, "reload", timeout=30)
+                if out.startswith("Success=1"):
+                    figs["spoad_reload_ms"].append((time.perf_counter() - t1) * 1000)
+        finally:
+            load.stop()
+        return figs
+    finally:
+        env.stop()
+
+
+def bench_reload_haproxy(rounds):
+    """HAProxy reloads with spoad in a program section (2.x to 3.2) and, as the same-run
+    baseline, with spoad running apart (HAProxy alone reloads; its new worker still opens new
+    connections to spoad and sends its HELLO)."""
+    ver = ".".join(str(x) for x in harness.haproxy_version())
+    print("== reload-haproxy: HAProxy %s reloads under keep-alive load (4 clients), %d rounds; "
+          "ip-checker, 2 workers" % (ver, rounds))
+    med = statistics.median
+    apart = _reload_layout(rounds, program=False)
+    prog = _reload_layout(rounds, program=True) if not harness.haproxy_at_least(3, 3) else None
+    if prog:
+        fig("reload_haproxy.takeover", "%.1f" % med(prog["takeover_ms"]), "ms",
+            "program: HAProxy `reload` -> the new spoad serving (CLI, all workers); max %.1f"
+            % max(prog["takeover_ms"]))
+        fig("reload_haproxy.first_ack_wait", "%.0f" % med(prog["first_ack_ms"]), "ms",
+            "program: HAProxy's processing time of the new worker's first event; max %d; "
+            "%d of %d failed" % (max(prog["first_ack_ms"]), sum(prog["first_errors"]),
+                                 len(prog["first_errors"])))
+        fig("reload_haproxy.first20_worst", "%.0f" % med(prog["worst_first20_ms"]), "ms",
+            "program: slowest of the new worker's first 20 events; max %d"
+            % max(prog["worst_first20_ms"]))
+        fig("reload_haproxy.first_req_latency", "%.0f" % med(prog["first_latency_us"]), "us",
+            "program: the new worker's first request, client side")
+    else:
+        print("  (HAProxy %s has no program section: the systemd layout only)" % ver)
+    fig("reload_haproxy.base_first_ack_wait", "%.0f" % med(apart["first_ack_ms"]), "ms",
+        "baseline, same run (spoad apart, not reloaded); max %d; %d of %d failed" % (
+            max(apart["first_ack_ms"]), sum(apart["first_errors"]), len(apart["first_errors"])))
+    fig("reload_haproxy.base_first20_worst", "%.0f" % med(apart["worst_first20_ms"]), "ms",
+        "baseline, same run")
+    fig("reload_haproxy.base_first_req_lat", "%.0f" % med(apart["first_latency_us"]), "us",
+        "baseline, same run")
+    fig("reload_haproxy.steady_req_latency", "%.0f" % med(apart["steady_latency_us"]), "us",
+        "any request between reloads, same run")
+    if prog:
+        fig("reload_haproxy.first_req_ratio",
+            "%.2f" % (med(prog["first_latency_us"]) / med(apart["first_latency_us"])), "",
+            "program / baseline, the new worker's first request")
+    both = apart["spoad_reload_ms"] + (prog["spoad_reload_ms"] if prog else [])
+    fig("reload_haproxy.spoad_reload", "%.1f" % med(both), "ms",
+        "spoad `reload` -> Success=1 under the same traffic, median of %d" % len(both))
+    errors = sum(apart["spoe_errors"]) + (sum(prog["spoe_errors"]) if prog else 0)
+    fig("reload_haproxy.spoe_errors", errors, "", "responses with X-SPOE-Error; should be 0")
 
 
 TRACING_HAPROXY = """
@@ -652,8 +907,8 @@ def bench_mirror_down(rounds, clients=4, pairs=150):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("which", nargs="*",
-                    default=["agent", "e2e", "memory", "reload", "tracing", "mirror",
-                             "mirror-down"])
+                    default=["agent", "e2e", "memory", "reload", "reload-haproxy", "tracing",
+                             "mirror", "mirror-down"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     a = ap.parse_args()
@@ -662,6 +917,7 @@ def main():
          "e2e": lambda: bench_e2e(a.rounds, a.seconds),
          "memory": bench_memory,
          "reload": lambda: bench_reload(max(10, a.rounds)),
+         "reload-haproxy": lambda: bench_reload_haproxy(max(7, a.rounds)),
          "tracing": lambda: bench_tracing(a.rounds, a.seconds),
          "mirror": lambda: bench_mirror(a.rounds, a.seconds),
          "mirror-down": lambda: bench_mirror_down(max(5, a.rounds))}[w]()

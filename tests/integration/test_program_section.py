@@ -1,4 +1,4 @@
-"""spoad launched by HAProxy 2.6 in master-worker mode from a `program` section.
+"""spoad launched by HAProxy (2.x to 3.2) in master-worker mode from a `program` section.
 
 `haproxy -W -S master.sock -f haproxy.cfg` starts `program spoad` (spoad -f spoad.yaml). On each
 HAProxy reload (`echo reload | socat master.sock -`), HAProxy sends SIGUSR1 to the old spoad
@@ -35,6 +35,10 @@ agents:
 
 HAPROXY_CFG = """
 global
+    # 3.1 and 3.2 refuse `program` without it; 2.x does not know it.
+    .if version_atleast(3.1)
+        expose-deprecated-directives
+    .endif
     log stderr format raw local0 info
     stats socket %(stats)s mode 600 level admin
 
@@ -100,6 +104,9 @@ def spoad_programs(sections, section="programs"):
     return [pid for pid, name in sections.get(section, []) if name == "spoad"]
 
 
+@unittest.skipIf(harness.haproxy_at_least(3, 3),
+                 "HAProxy 3.3 and later have no program section (test_reload_haproxy.py runs "
+                 "the systemd layout there)")
 class ProgramSection(unittest.TestCase):
     def setUp(self):
         self.env = harness.Env("program")
