@@ -9,6 +9,7 @@ SPOAD_PACKAGES=(
   libcurl4-openssl-dev libssl-dev libcli11-dev zlib1g-dev
   haproxy socat curl python3 wrk procps
   clang libclang-rt-14-dev llvm   # scripts/fuzz (libFuzzer) and scripts/sanitize (llvm-symbolizer)
+  make xz-utils                   # scripts/haproxy: HAProxy 3.x built from its source tarball
 )
 
 missing=()

@@ -4,6 +4,9 @@ meson passes the locations through the environment:
   SPOAD        path of the built spoad binary
   SPOA_BENCH   path of the built spoa-bench binary
   SOURCE_ROOT  the source tree (for config/)
+and scripts/test sets, per HAProxy version it tests:
+  SPOAD_HAPROXY  path of the HAProxy binary (default: `haproxy` on the PATH); tests that need
+                 a given version skip elsewhere, saying why (haproxy_at_least())
 Every test gets its own ports and temporary directory, so tests can run in parallel.
 
 Timing rules (the suite must pass on a loaded 2-core machine): a test never sleeps to
@@ -26,7 +29,29 @@ SOURCE_ROOT = os.environ.get("SOURCE_ROOT", os.path.abspath(os.path.join(os.path
 CONFIG_DIR = os.path.join(SOURCE_ROOT, "config")
 SPOAD = os.environ.get("SPOAD", os.path.join(SOURCE_ROOT, "build", "cmd", "spoad", "spoad"))
 SPOA_BENCH = os.environ.get("SPOA_BENCH", os.path.join(SOURCE_ROOT, "build", "cmd", "spoa-bench", "spoa-bench"))
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+# The HAProxy binary every test runs: $SPOAD_HAPROXY (scripts/test sets it to each version it
+# tests: Debian's 2.6, then 3.2 and 3.4 built by scripts/haproxy), else the one on the PATH.
+HAPROXY = os.environ.get("SPOAD_HAPROXY") or shutil.which("haproxy") or "/usr/sbin/haproxy"
+_haproxy_version = None
+
+
+def haproxy_version():
+    """The version of HAPROXY as a tuple of ints, e.g. (2, 6, 12), from `haproxy -v`."""
+    global _haproxy_version
+    if _haproxy_version is None:
+        out = subprocess.run([HAPROXY, "-v"], capture_output=True, text=True, errors="replace",
+                             timeout=GUARD_S).stdout
+        m = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", out)
+        if not m:
+            raise RuntimeError("cannot read the version of %s: %r" % (HAPROXY, out[:200]))
+        _haproxy_version = tuple(int(x or 0) for x in m.groups())
+    return _haproxy_version
+
+
+def haproxy_at_least(major, minor):
+    """True when HAPROXY is version major.minor or newer."""
+    return haproxy_version()[:2] >= (major, minor)
+
 
 # Seconds a test waits for an event before it gives up: a guard against hangs, not a claim
 # about speed, hence generous (SPOAD_TEST_GUARD overrides it).
@@ -298,15 +323,14 @@ def http_request(port, path="/", method="GET", source=None, headers=None, body=N
 
 def haproxy_stats_cmd(sock_path, cmd, timeout=GUARD_S):
     """Sends one command to a HAProxy stats (or master) socket and returns the answer."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(sock_path)
-    s.sendall(cmd.encode() + b"\n")
-    out = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        out += chunk
-    s.close()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(sock_path)
+        s.sendall(cmd.encode() + b"\n")
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
     return out.decode()

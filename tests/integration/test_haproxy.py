@@ -1,11 +1,13 @@
-"""End to end with Debian's HAProxy 2.6: real SPOE traffic from a real HAProxy to spoad.
+"""End to end with a real HAProxy (harness.HAPROXY: Debian's 2.6, or 3.2, 3.4 built by
+scripts/haproxy): real SPOE traffic from a real HAProxy to spoad.
 
 - config/haproxy.cfg + config/spoe-ip-checker.cfg + config/spoad.yaml run unchanged (but for the
   SPOE timeouts, see harness.spoe_dir): denied addresses get 403, the others 200, and the score
   shows in a response header;
 - `option spop-check` marks the agent UP (and DOWN once spoad is gone);
 - HAProxy 2.6 fragments a large NOTIFY when spoad announces a small max-frame-size, and the
-  agent receives the whole argument (checked by its SHA-256, returned as a variable).
+  agent receives the whole argument (checked by its SHA-256, returned as a variable); skipped
+  on 3.1 and later, which never fragment (test_haproxy3.py tests what they do instead).
 
 Nothing here measures speed or sleeps: each step waits for its event (a port, a status in
 HAProxy's `show stat`, a log line, an agent's answer), with harness.GUARD_S as a guard.
@@ -251,6 +253,9 @@ backend spoe-echo
 """
 
 
+@unittest.skipIf(harness.haproxy_at_least(3, 1),
+                 "needs HAProxy < 3.1: fragmentation (3.1 and later never fragment a NOTIFY, "
+                 "see test_haproxy3.NoFragmentation)")
 class Fragmentation(unittest.TestCase):
     def test_large_argument_arrives_whole(self):
         env = harness.Env("frag")

@@ -1,11 +1,14 @@
-"""The mirror agent end to end: a client -> Debian's HAProxy 2.6 with the shipped
-config/haproxy-mirror.cfg and config/spoe-mirror.cfg -> the app; spoad's mirror agent (2 workers)
-replays every request to real HTTP targets (http_target.py), which record what they receive.
+"""The mirror agent end to end: a client -> HAProxy (harness.HAPROXY: 2.6, 3.2, 3.4) with the
+shipped config/haproxy-mirror.cfg and config/spoe-mirror.cfg -> the app; spoad's mirror agent (2
+workers) replays every request to real HTTP targets (http_target.py), which record what they
+receive.
 
 - 300 requests of mixed methods, bodies of 0 to 1 MiB of random bytes (HAProxy 2.6 fragments
-  those NOTIFYs), duplicate and empty headers, hop-by-hop headers, chunked and 100-continue
-  uploads: each target gets the same method, path and query, the headers minus hop-by-hop and
-  remove-headers plus add-headers, in order, and the body (SHA-256); Content-Length recomputed;
+  those NOTIFYs; 3.1 and later never fragment, so there the agent's max-frame-size follows
+  tune.bufsize, see AGENT_FRAME_SIZE), duplicate and empty headers, hop-by-hop headers,
+  chunked and 100-continue uploads: each target gets the same method, path and query, the
+  headers minus hop-by-hop and remove-headers plus add-headers, in order, and the body
+  (SHA-256); Content-Length recomputed;
 - absolute-form request targets, a target URL with a path prefix, `host: target`;
 - bodies above max-body and bodies HAProxy truncated (above tune.bufsize) are not replayed;
 - target down: requests unaffected (all answered by the app), every message reaches the agent,
@@ -32,6 +35,7 @@ import collections
 import hashlib
 import os
 import random
+import re
 import socket
 import ssl
 import subprocess
@@ -314,6 +318,23 @@ frontend app_server
 GUARD_TIMEOUTS = [("connect-timeout:", "    connect-timeout: 30s\n"),
                   ("replay-timeout:", "    replay-timeout: %ds\n" % harness.GUARD_S)]
 
+
+
+def haproxy_frame_size():
+    """tune.bufsize - 4 in config/haproxy-mirror.cfg (16384 - 4 without it): the largest frame
+    HAProxy sends (SPOE.txt, "max-frame-size")."""
+    with open(HAPROXY_FILE) as f:
+        m = re.search(r"(?m)^\s*tune\.bufsize\s+(\d+)", f.read())
+    return (int(m.group(1)) if m else 16384) - 4
+
+
+# The agent's max-frame-size. HAProxy 2.6 fragments a NOTIFY larger than the frame size both
+# sides agreed on: spoad's default (16380) stays, to exercise that. HAProxy 3.1 and later never
+# fragment: a message larger than the agreed frame size fails (SPOE status 259, not sent), so
+# there the agent takes HAProxy's own frame size, as README's mirror setup says.
+AGENT_FRAME_SIZE = ([("max-frame-size:", "    max-frame-size: %d\n" % haproxy_frame_size())]
+                    if harness.haproxy_at_least(3, 1) else [])
+
 PLAIN_FRONTEND = """
 frontend plain
     bind 127.0.0.1:%(plain)d
@@ -376,7 +397,7 @@ class Stack:
         cfg = self.env.write("spoad.yaml", SPOAD_YAML % {
             "sock": self.sock, "agent": self.agent, "workers": self.workers,
             "targets": "\n".join(lines), "extra": extra + "".join(
-                line for key, line in GUARD_TIMEOUTS if key not in extra)})
+                line for key, line in GUARD_TIMEOUTS + AGENT_FRAME_SIZE if key not in extra)})
         self.spoad = self.env.spoad(cfg)
         if not harness.wait_for(lambda: not self.spoad.alive() or (
                 os.path.exists(self.sock) and harness.port_open(self.agent))) \
@@ -460,9 +481,11 @@ class Stack:
         (again each time a thread's agent connections have all closed, e.g. after the SPOE
         `timeout idle`). An agent `max-frame-size` of tune.bufsize - 4 avoids it, but then
         HAProxy never fragments; these tests keep spoad's default (16380) to exercise 2.6's
-        fragmented NOTIFYs. So: rounds of `connections` simultaneous connections, each sending one request with a
-        `body`-byte body, until a round has all its messages counted by the agent (with
-        check=False, one round, unchecked: for HAProxy-side sampling). HAProxy answers a
+        fragmented NOTIFYs (on 3.1 and later, which never fragment, the agent has
+        AGENT_FRAME_SIZE and the first round is enough). So: rounds of `connections`
+        simultaneous connections, each sending one request with a `body`-byte body, until a
+        round has all its messages counted by the agent (with check=False, one round,
+        unchecked: for HAProxy-side sampling). HAProxy answers a
         request only once its SPOE message is ACKed or has failed, and the agent counts a
         message before it ACKs it: once the answers are in, the count is final."""
         payload = b"w" * body

@@ -1,7 +1,7 @@
 """Configuration reloads of the supervisor: CLI `reload`, SIGUSR2, SIGHUP.
 
-- under HAProxy 2.6 traffic (config/ files unchanged), 20 reloads alternating CLI and SIGUSR2:
-  no failed request, no X-SPOE-Error, every old worker gone after the grace period;
+- under HAProxy traffic (harness.HAPROXY; config/ files unchanged), 20 reloads alternating CLI
+  and SIGUSR2: no failed request, no X-SPOE-Error, every old worker gone after the grace period;
 - a broken file: `Success=0`, `--`, the file:line:key error; the old workers keep serving;
   `[failed: N]` in show proc; once fixed, `Success=1` and the new configuration applies;
 - old workers: listed under `# old workers` (reachable with @!PID) while they finish a NOTIFY
@@ -55,7 +55,7 @@ class Base(unittest.TestCase):
 
 
 class ReloadUnderLoad(Base):
-    """Acceptance 4: HAProxy 2.6 -> spoad ip-checker (2 workers), config/ files unchanged."""
+    """Acceptance 4: HAProxy -> spoad ip-checker (2 workers), config/ files unchanged."""
     name = "reload-load"
 
     def test_20_reloads_under_http_load(self):
