@@ -323,11 +323,17 @@ class AcceptErrors(unittest.TestCase):
         self.assertTrue(harness.wait_log(sp.proc, "failed: EMFILE (too many open files)"), sp.log())
         self.assertTrue(harness.wait_for(lambda: sp.stat("fds")["accept_errors"] >= 1))
         st = sp.stat("fds")
-        self.assertEqual(st["applets"], len(served_), st)
+        # Out of descriptors, the worker holds at most 4 connections and the others wait. (A
+        # retry may have taken one waiting client since, when a descriptor was free again:
+        # the first accept error can come from a descriptor the worker held for a moment.)
+        self.assertLessEqual(st["applets"], 4, st)
+        self.assertLess(st["applets"], len(served_) + len(waiting), st)
         self.assertEqual(sp.stat_text("fds")["accept_errors"], str(sp.stat("fds")["accept_errors"]))
-        # Nothing was accepted and closed behind our back: the waiting clients are still open.
+        # Nothing was accepted and closed behind our back: a waiting client's socket is silent,
+        # or holds its AGENT-HELLO if a retry took it; never an end of stream.
         for c in waiting:
-            self.assertEqual(select.select([c.sock], [], [], 0)[0], [])
+            if select.select([c.sock], [], [], 0)[0]:
+                self.assertNotEqual(c.sock.recv(1, socket.MSG_PEEK), b"", "a waiting client was closed")
         print("worker with %d fds, limit %d: %d connections served, accept_errors=%d"
               % (used, used + 4, len(served_), st["accept_errors"]))
 

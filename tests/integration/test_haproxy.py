@@ -159,7 +159,9 @@ class ListReload(unittest.TestCase):
                  mirror_target=v["MIRROR_TARGET_ADDR"])
         fe = harness.port_of(v["HAPROXY_BIND"])
         spoad = env.spoad(env.write("spoad.yaml", RELOAD_SPOAD % p))
-        self.assertTrue(harness.wait_for(lambda: harness.port_open(p["agent"])), env.dump_logs())
+        # Every worker has loaded its lists (the master's sockets accept from the start): the
+        # list changes below come after that.
+        self.assertTrue(harness.wait_log(spoad, "worker(s) ready"), env.dump_logs())
         env.haproxy(os.path.join(harness.CONFIG_DIR, "haproxy.cfg"), env=v)
         self.assertTrue(harness.wait_for(lambda: harness.port_open(fe)), env.dump_logs())
         self.assertTrue(harness.wait_for(lambda: harness.port_open(p["watched"])), env.dump_logs())
