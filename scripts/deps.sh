@@ -6,8 +6,9 @@ set -euo pipefail
 SPOAD_PACKAGES=(
   g++ meson ninja-build pkg-config git
   libuv1-dev libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev libgtest-dev
-  libcurl4-openssl-dev libssl-dev libcli11-dev zlib1g-dev
+  libcurl4-openssl-dev libssl-dev libcli11-dev zlib1g-dev libmicrohttpd-dev
   haproxy socat curl python3 wrk procps
+  prometheus                      # promtool and a Prometheus server for the metrics tests
   clang libclang-rt-14-dev llvm   # scripts/fuzz (libFuzzer) and scripts/sanitize (llvm-symbolizer)
   make xz-utils                   # scripts/haproxy: HAProxy 3.x built from its source tarball
 )

@@ -27,6 +27,12 @@ namespace {
 
 constexpr size_t kMaxLists = 65534;  // Matcher::build's limit
 
+// Lists with a series of their own (list="<name>"); the others share list="(other)", which
+// no list name can be (valid_list_name), so that a worker's arena (metrics/arena.h) stays
+// bounded whatever the configuration.
+constexpr size_t kMaxListSeries = 64;
+constexpr std::string_view kOtherList = "(other)";
+
 bool valid_list_name(const std::string& s) {
   if (s.empty() || s.size() > 64) return false;
   for (char c : s) {
@@ -321,10 +327,62 @@ void IpCheckerAgent::apply(Job& job, bool startup) {
         matcher_->prefixes(), matcher_->ranges_v4(), matcher_->ranges_v6(),
         static_cast<double>(matcher_->memory_bytes()) / (1 << 20), job.build_ms);
   }
+  update_entry_gauges();
   if (!startup) {
     last_reload_ms_ = now;
     ++reloads_completed_;
   }
+}
+
+void IpCheckerAgent::register_metrics() {
+  const metrics::Scope& m = ctx_.metrics;
+  constexpr std::string_view kDecisions =
+      "Addresses looked up, by decision: allowed (an allow list contains it), blocked "
+      "(ip_score >= block-threshold), denied (a deny list contains it, below the threshold), "
+      "unknown (no list contains it)";
+  allowed_ = m.counter("spoad_ip_checker_decisions_total", kDecisions, {{"decision", "allowed"}});
+  blocked_ = m.counter("spoad_ip_checker_decisions_total", kDecisions, {{"decision", "blocked"}});
+  scored_ = m.counter("spoad_ip_checker_decisions_total", kDecisions, {{"decision", "denied"}});
+  no_match_ = m.counter("spoad_ip_checker_decisions_total", kDecisions, {{"decision", "unknown"}});
+  bad_argument_ = m.counter("spoad_ip_checker_bad_arguments_total",
+                            "Messages whose address argument was missing or not an address");
+  reloads_ok_ = m.counter("spoad_ip_checker_list_reloads_total",
+                          "List files reloaded (one per list and reload)");
+  reloads_failed_ = m.counter("spoad_ip_checker_list_reload_failures_total",
+                              "List files that failed to reload and kept their entries");
+  constexpr std::string_view kMatches = "Addresses decided by a list, by the list that decided";
+  constexpr std::string_view kEntries = "Entries (addresses and CIDRs) loaded, by list";
+  list_matches_.reserve(lists_.size());
+  list_entries_.reserve(std::min(lists_.size(), kMaxListSeries));
+  metrics::Counter other_matches;
+  if (lists_.size() > kMaxListSeries) {
+    other_matches = m.counter("spoad_ip_checker_matches_total", kMatches, {{"list", kOtherList}});
+    other_entries_ = m.gauge("spoad_ip_checker_list_entries", kEntries, {{"list", kOtherList}},
+                             metrics::Unit::kNone, metrics::Merge::kMax);
+  }
+  for (size_t i = 0; i < lists_.size(); ++i) {
+    if (i >= kMaxListSeries) {
+      list_matches_.push_back(other_matches);
+      continue;
+    }
+    const std::string& name = lists_[i].cfg.info.name;
+    list_matches_.push_back(
+        m.counter("spoad_ip_checker_matches_total", kMatches, {{"list", name}}));
+    list_entries_.push_back(m.gauge("spoad_ip_checker_list_entries", kEntries, {{"list", name}},
+                                    metrics::Unit::kNone, metrics::Merge::kMax));
+  }
+}
+
+void IpCheckerAgent::update_entry_gauges() {
+  uint64_t other = 0;
+  for (size_t i = 0; i < lists_.size(); ++i) {
+    const uint64_t n = lists_[i].data ? lists_[i].data->prefixes.size() : 0;
+    if (i < list_entries_.size())
+      list_entries_[i] = n;
+    else
+      other += n;
+  }
+  if (lists_.size() > list_entries_.size()) other_entries_ = other;
 }
 
 // ---- the agent --------------------------------------------------------------------------
@@ -343,6 +401,7 @@ IpCheckerAgent::IpCheckerAgent(const agent::Context& ctx, const IpCheckerOptions
     }
     lists_.push_back(std::move(st));
   }
+  register_metrics();
   std::unique_ptr<Job> job = make_job(true);
   job->rebuild = true;
   load(*job);
@@ -411,6 +470,7 @@ void IpCheckerAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
     ++scored_;
   else
     ++no_match_;
+  if (v.list >= 0 && static_cast<size_t>(v.list) < list_matches_.size()) ++list_matches_[v.list];
   reply.set_var(spop::Scope::kSession, "ip_score", spop::Value::Int32(v.score));
   reply.set_var(spop::Scope::kTransaction, "blocked", spop::Value::Bool(blocked));
   if (v.list >= 0)
@@ -583,14 +643,14 @@ void IpCheckerAgent::maybe_stopped() {
 
 void IpCheckerAgent::stats(nlohmann::json& out) const {
   out["checks"] = checks_;
-  out["allowed"] = allowed_;
-  out["blocked"] = blocked_;
-  out["scored"] = scored_;
-  out["no_match"] = no_match_;
-  out["bad_argument"] = bad_argument_;
+  out["allowed"] = allowed_.get();
+  out["blocked"] = blocked_.get();
+  out["scored"] = scored_.get();
+  out["no_match"] = no_match_.get();
+  out["bad_argument"] = bad_argument_.get();
   out["ignored_messages"] = ignored_;
-  out["reloads_ok"] = reloads_ok_;
-  out["reloads_failed"] = reloads_failed_;
+  out["reloads_ok"] = reloads_ok_.get();
+  out["reloads_failed"] = reloads_failed_.get();
   out["last_reload"] = last_reload_ms_ ? nlohmann::json(format_time(last_reload_ms_)) : nullptr;
   out["reload_running"] = job_ != nullptr;
   out["prefixes"] = matcher_->prefixes();

@@ -32,6 +32,7 @@
 #include "agent/registry.h"
 #include "agents/ip-checker/lists.h"
 #include "agents/ip-checker/matcher.h"
+#include "metrics/arena.h"
 #include "util/rate_limit.h"
 
 namespace spoad::agents::ip_checker {
@@ -109,6 +110,8 @@ class IpCheckerAgent : public agent::Agent {
   void maybe_stopped();
   uint64_t now_ms() const;
   void warn_bad_argument(const std::string& what);
+  void register_metrics();
+  void update_entry_gauges();
 
   agent::Context ctx_;
   IpCheckerOptions opts_;
@@ -126,16 +129,22 @@ class IpCheckerAgent : public agent::Agent {
   std::function<void()> stop_done_;
   util::RateLimiter log_limiter_{10};
 
-  // Counters (see stats()).
+  // Counters (see stats()). The metrics:: handles are also Prometheus series of the
+  // worker's arena (README.md, "Metrics"), registered in the constructor.
   uint64_t checks_ = 0;
-  uint64_t allowed_ = 0;
-  uint64_t blocked_ = 0;
-  uint64_t scored_ = 0;
-  uint64_t no_match_ = 0;
-  uint64_t bad_argument_ = 0;
+  metrics::Counter allowed_;       // decision="allowed"
+  metrics::Counter blocked_;       // decision="blocked"
+  metrics::Counter scored_;        // decision="denied"
+  metrics::Counter no_match_;      // decision="unknown"
+  metrics::Counter bad_argument_;  // spoad_ip_checker_bad_arguments_total
   uint64_t ignored_ = 0;
-  uint64_t reloads_ok_ = 0;
-  uint64_t reloads_failed_ = 0;
+  metrics::Counter reloads_ok_;      // spoad_ip_checker_list_reloads_total
+  metrics::Counter reloads_failed_;  // spoad_ip_checker_list_reload_failures_total
+  // Per list (index as in lists_): the list that decided, and entries loaded. The first
+  // kMaxListSeries lists have their own series; the others share list="(other)".
+  std::vector<metrics::Counter> list_matches_;
+  std::vector<metrics::Gauge> list_entries_;
+  metrics::Gauge other_entries_;
   uint64_t reloads_completed_ = 0;
   int64_t last_reload_ms_ = 0;  // wall clock of the last completed reload (0: none yet)
 };

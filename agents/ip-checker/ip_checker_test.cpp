@@ -21,6 +21,7 @@
 #include "agent/registry.h"
 #include "agents/ip-checker/ip_checker.h"
 #include "config/options.h"
+#include "metrics/arena.h"
 #include "spop/frames.h"
 #include "spop/reader.h"
 #include "spop/writer.h"
@@ -67,12 +68,14 @@ std::unique_ptr<agent::AgentOptions> parse_yaml(const std::string& yaml) {
   return opts;
 }
 
-std::unique_ptr<IpCheckerAgent> make_agent(const std::string& yaml, uv_loop_t* loop = nullptr) {
+std::unique_ptr<IpCheckerAgent> make_agent(const std::string& yaml, uv_loop_t* loop = nullptr,
+                                           const metrics::Scope* scope = nullptr) {
   auto opts = parse_yaml(yaml);
   agent::Context ctx;
   ctx.name = "iprep";
   ctx.loop = loop;
   ctx.log = util::make_logger("iprep");
+  if (scope) ctx.metrics = *scope;
   std::unique_ptr<agent::Agent> a = agent::find_agent_type("ip-checker")->create(ctx, *opts);
   auto* p = dynamic_cast<IpCheckerAgent*>(a.get());
   if (!p) throw std::runtime_error("not an IpCheckerAgent");
@@ -335,6 +338,109 @@ TEST(IpChecker, CountersAndShowLists) {
     }
   }
   EXPECT_TRUE(found);
+}
+
+// ---- metrics -----------------------------------------------------------------------------
+
+// The value of the series `family`{agent="iprep",type="ip-checker",`label`} of `arena`, or
+// nullopt when it was not registered.
+std::optional<uint64_t> series(const metrics::Arena& arena, std::string_view family,
+                               const std::string& label) {
+  const std::string labels = R"(agent="iprep",type="ip-checker")" + label;
+  std::optional<uint64_t> v;
+  arena.visit([&](const metrics::SeriesView& s) {
+    if (s.family == family && s.labels == labels) v = s.value;
+  });
+  return v;
+}
+
+TEST(IpChecker, MetricsCountDecisionsMatchesAndEntries) {
+  std::shared_ptr<metrics::Arena> arena = metrics::Arena::private_memory();
+  const metrics::Scope scope(arena, "iprep", "ip-checker");
+  auto a = make_agent(kBasic, nullptr, &scope);
+  // Every series exists from the start, the entries already set.
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_decisions_total", R"(,decision="denied")"), 0u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_matches_total", R"(,list="drop")"), 0u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_list_entries", R"(,list="office")"), 2u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_list_entries", R"(,list="drop")"), 3u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_list_entries", R"(,list="suspicious")"), 2u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_list_reloads_total", ""), 0u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_list_reload_failures_total", ""), 0u);
+
+  send_ipv4(*a, "203.0.113.9");   // blocked (drop, 100)
+  send_ipv4(*a, "203.0.113.10");  // blocked (drop, 100)
+  send_ipv4(*a, "198.51.100.7");  // denied: scored 30, below the threshold (suspicious)
+  send_ipv4(*a, "192.0.2.1");     // allowed (office)
+  send_ipv4(*a, "8.8.8.8");       // unknown: no list
+  send_str(*a, "bogus");          // bad argument: no decision
+  send(*a, "check-client-ip", {});
+  auto decisions = [&](const char* d) {
+    return series(*arena, "spoad_ip_checker_decisions_total",
+                  std::string(",decision=\"") + d + "\"");
+  };
+  EXPECT_EQ(decisions("blocked"), 2u);
+  EXPECT_EQ(decisions("denied"), 1u);
+  EXPECT_EQ(decisions("allowed"), 1u);
+  EXPECT_EQ(decisions("unknown"), 1u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_matches_total", R"(,list="drop")"), 2u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_matches_total", R"(,list="suspicious")"), 1u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_matches_total", R"(,list="office")"), 1u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_bad_arguments_total", ""), 2u);
+  // `show stat json` reads the same handles.
+  nlohmann::json st;
+  a->stats(st);
+  EXPECT_EQ(st["blocked"], 2);
+  EXPECT_EQ(st["scored"], 1);
+  EXPECT_EQ(st["allowed"], 1);
+  EXPECT_EQ(st["no_match"], 1);
+  EXPECT_EQ(st["bad_argument"], 2);
+  EXPECT_EQ(st["checks"], 5);
+}
+
+TEST(IpChecker, MetricsCountReloadsAndFollowEntries) {
+  TempDir dir;
+  const std::string path = dir.write("drop.txt", "203.0.113.0/24\n");
+  std::shared_ptr<metrics::Arena> arena = metrics::Arena::private_memory();
+  const metrics::Scope scope(arena, "iprep", "ip-checker");
+  auto a = make_agent("deny:\n  - {name: drop, score: 100, file: " + path + "}\n", nullptr, &scope);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_list_entries", R"(,list="drop")"), 1u);
+  dir.write("drop.txt", "203.0.113.0/24\n198.51.100.0/24\n2001:db8::/32\n");
+  a->reload();
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_list_entries", R"(,list="drop")"), 3u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_list_reloads_total", ""), 1u);
+  dir.write("drop.txt", "192.0.2.0/24\nnot an address\n");
+  a->reload();
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_list_reload_failures_total", ""), 1u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_list_reloads_total", ""), 1u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_list_entries", R"(,list="drop")"), 3u);  // kept
+}
+
+// A worker's arena has a fixed size: lists past the 64th share list="(other)", a value no
+// list name can take.
+TEST(IpChecker, MetricsListSeriesAreBounded) {
+  std::string yaml = "deny:\n";
+  for (int i = 0; i < 70; ++i)
+    yaml += "  - {name: l" + std::to_string(i) + ", score: 10, entries: [10.0." +
+            std::to_string(i) + ".0/24" + (i == 69 ? ", 10.1.0.0/16" : "") + "]}\n";
+  std::shared_ptr<metrics::Arena> arena = metrics::Arena::private_memory();
+  const metrics::Scope scope(arena, "iprep", "ip-checker");
+  auto a = make_agent(yaml, nullptr, &scope);
+  send_ipv4(*a, "10.0.0.1");   // l0
+  send_ipv4(*a, "10.0.63.1");  // l63, the last with its own series
+  send_ipv4(*a, "10.0.64.1");  // l64
+  send_ipv4(*a, "10.0.69.1");  // l69
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_matches_total", R"(,list="l0")"), 1u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_matches_total", R"(,list="l63")"), 1u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_matches_total", R"(,list="l64")"), std::nullopt);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_matches_total", ",list=\"(other)\""), 2u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_list_entries", R"(,list="l63")"), 1u);
+  EXPECT_EQ(series(*arena, "spoad_ip_checker_list_entries", ",list=\"(other)\""), 7u);
+  size_t matches = 0;
+  arena->visit([&](const metrics::SeriesView& s) {
+    if (s.family == "spoad_ip_checker_matches_total") ++matches;
+  });
+  EXPECT_EQ(matches, 65u);
+  EXPECT_EQ(arena->overflows(), 0u);
 }
 
 // ---- configuration errors ---------------------------------------------------------------

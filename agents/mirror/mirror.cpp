@@ -1,5 +1,6 @@
 #include "agents/mirror/mirror.h"
 
+#include <algorithm>
 #include <string_view>
 
 #include "http/curl_loop.h"
@@ -18,6 +19,12 @@ std::string_view text(const spop::Value& v) {
 bool is_text(const spop::Value& v) {
   return v.type == spop::DataType::kString || v.type == spop::DataType::kBinary;
 }
+
+// Bounds of spoad_mirror_replay_seconds, in microseconds: 250 us to 30 s (replay-timeout's
+// default is 5 s).
+constexpr uint64_t kReplayBoundsUs[] = {250,     500,     1000,     2500,    5000,   10000,
+                                        25000,   50000,   100000,   250000,  500000, 1000000,
+                                        2500000, 5000000, 10000000, 30000000};
 
 size_t discard(char*, size_t size, size_t n, void*) {
   return size * n;
@@ -162,7 +169,52 @@ struct MirrorAgent::Replay {
 };
 
 MirrorAgent::MirrorAgent(const agent::Context& ctx, const MirrorOptions& opts)
-    : ctx_(ctx), opts_(opts) {}
+    : ctx_(ctx), opts_(opts) {
+  const metrics::Scope& m = ctx_.metrics;
+  constexpr std::string_view kReplays =
+      "Replays ended (one message to one target), by outcome: the response's status class, or "
+      "why none came (connect, timeout, tls, other)";
+  auto replays = [&](std::string_view outcome) {
+    return m.counter("spoad_mirror_replays_total", kReplays, {{"outcome", outcome}});
+  };
+  outcome_class_[2] = replays("2xx");
+  outcome_class_[3] = replays("3xx");
+  outcome_class_[4] = replays("4xx");
+  outcome_class_[5] = replays("5xx");
+  stats_.failed_connect = replays("connect");
+  stats_.failed_timeout = replays("timeout");
+  stats_.failed_tls = replays("tls");
+  outcome_other_ = replays("other");
+  constexpr std::string_view kDropped =
+      "Replays not started, by reason (bad-message counts messages, the others one per target)";
+  auto dropped = [&](std::string_view reason) {
+    return m.counter("spoad_mirror_dropped_total", kDropped, {{"reason", reason}});
+  };
+  stats_.dropped_sampling = dropped("sampling");
+  stats_.dropped_stopping = dropped("stopping");
+  stats_.dropped_body_too_big = dropped("body-too-big");
+  stats_.dropped_body_incomplete = dropped("body-incomplete");
+  stats_.dropped_limit = dropped("limit");
+  stats_.bad_messages = dropped("bad-message");
+  stats_.in_flight = m.gauge("spoad_mirror_in_flight", "Replays in flight (max-replays bounds it)");
+  latency_ = m.histogram("spoad_mirror_replay_seconds",
+                         "Duration of ended replays, start to response or failure (not "
+                         "cancelled ones)",
+                         {}, kReplayBoundsUs);
+}
+
+void MirrorAgent::count_response(int cls) {
+  ++stats_.responses[cls];
+  if (cls >= 2)
+    ++outcome_class_[cls];
+  else
+    ++outcome_other_;
+}
+
+void MirrorAgent::count_other_failure() {
+  ++stats_.failed_other;
+  ++outcome_other_;
+}
 
 MirrorAgent::~MirrorAgent() {
   // Without a completed stop(): curl_'s destructor removes the transfers from curl without
@@ -276,14 +328,14 @@ void MirrorAgent::replay(size_t target, const std::string& path, const ReplayHea
     r->easy = curl_easy_init();
   }
   if (!r->easy) {
-    ++stats_.failed_other;
+    count_other_failure();
     delete r;
     return;
   }
   for (const std::string& line : hdrs.lines) {
     curl_slist* l = curl_slist_append(r->headers, line.c_str());
     if (!l) {
-      ++stats_.failed_other;
+      count_other_failure();
       curl_slist_free_all(r->headers);
       idle_easy_.push_back(r->easy);
       delete r;
@@ -329,17 +381,18 @@ void MirrorAgent::replay(size_t target, const std::string& path, const ReplayHea
   replays_.insert(r);
   ++stats_.replays_started;
   stats_.in_flight = replays_.size();
-  if (stats_.in_flight > stats_.in_flight_max) stats_.in_flight_max = stats_.in_flight;
+  stats_.in_flight_max = std::max<uint64_t>(stats_.in_flight_max, replays_.size());
   curl_->add(e, [this, r](CURLcode result, long status) { finish(r, result, status); });
 }
 
 void MirrorAgent::finish(Replay* r, CURLcode result, long status) {
   replays_.erase(r);
   stats_.in_flight = replays_.size();
+  const uint64_t us = (uv_hrtime() - r->start_ns) / 1000;
+  if (result != CURLE_ABORTED_BY_CALLBACK) latency_.observe_us(us);
   if (result == CURLE_OK) {
     ++stats_.sent;
-    ++stats_.responses[status >= 100 && status < 600 ? status / 100 : 0];
-    const uint64_t us = (uv_hrtime() - r->start_ns) / 1000;
+    count_response(status >= 100 && status < 600 ? static_cast<int>(status / 100) : 0);
     stats_.latency_sum_us += us;
     if (us > stats_.latency_max_us) stats_.latency_max_us = us;
   } else if (result != CURLE_ABORTED_BY_CALLBACK) {
@@ -355,7 +408,7 @@ void MirrorAgent::finish(Replay* r, CURLcode result, long status) {
         ++stats_.failed_tls;
         break;
       case Failure::kOther:
-        ++stats_.failed_other;
+        count_other_failure();
         break;
     }
     if (ctx_.log && fail_log_.allow(uv_now(ctx_.loop))) {
@@ -367,7 +420,7 @@ void MirrorAgent::finish(Replay* r, CURLcode result, long status) {
                      more ? fmt::format(" ({} more failures since)", more) : std::string());
     }
   } else {
-    ++stats_.failed_other;  // cancelled: only at a hard-stop
+    count_other_failure();  // cancelled: only at a hard-stop
   }
   curl_slist_free_all(r->headers);
   curl_easy_reset(r->easy);
@@ -396,22 +449,22 @@ void MirrorAgent::maybe_stopped() {
 void MirrorAgent::stats(nlohmann::json& out) const {
   const Stats& s = stats_;
   out["messages"] = s.messages;
-  out["bad_messages"] = s.bad_messages;
+  out["bad_messages"] = s.bad_messages.get();
   out["replays_started"] = s.replays_started;
   out["sent"] = s.sent;
-  out["failed_connect"] = s.failed_connect;
-  out["failed_timeout"] = s.failed_timeout;
-  out["failed_tls"] = s.failed_tls;
+  out["failed_connect"] = s.failed_connect.get();
+  out["failed_timeout"] = s.failed_timeout.get();
+  out["failed_tls"] = s.failed_tls.get();
   out["failed_other"] = s.failed_other;
-  out["dropped_limit"] = s.dropped_limit;
-  out["dropped_sampling"] = s.dropped_sampling;
-  out["dropped_body_too_big"] = s.dropped_body_too_big;
-  out["dropped_body_incomplete"] = s.dropped_body_incomplete;
-  out["dropped_stopping"] = s.dropped_stopping;
+  out["dropped_limit"] = s.dropped_limit.get();
+  out["dropped_sampling"] = s.dropped_sampling.get();
+  out["dropped_body_too_big"] = s.dropped_body_too_big.get();
+  out["dropped_body_incomplete"] = s.dropped_body_incomplete.get();
+  out["dropped_stopping"] = s.dropped_stopping.get();
   out["responses_other"] = s.responses[0];
   for (int c = 1; c <= 5; ++c)
     out["responses_" + std::to_string(c) + "xx"] = s.responses[c];
-  out["in_flight"] = s.in_flight;
+  out["in_flight"] = s.in_flight.get();
   out["in_flight_max"] = s.in_flight_max;
   out["latency_avg_us"] = s.sent ? s.latency_sum_us / s.sent : 0;
   out["latency_max_us"] = s.latency_max_us;

@@ -32,6 +32,7 @@
 #include "agent/agent.h"
 #include "agent/registry.h"
 #include "agents/mirror/request.h"
+#include "metrics/arena.h"
 #include "util/rate_limit.h"
 
 namespace spoad::http {
@@ -60,25 +61,27 @@ struct MirrorOptions : agent::AgentOptions {
 
 class MirrorAgent : public agent::Agent {
  public:
-  // Counters, per worker (`show stat json`). A replay is one message to one target.
+  // Counters, per worker (`show stat json`). A replay is one message to one target. The
+  // metrics:: handles are also Prometheus series of the worker's arena (README.md, "Metrics"),
+  // registered in the constructor: they read like integers.
   struct Stats {
-    uint64_t messages = 0;                 // messages named `message`
-    uint64_t bad_messages = 0;             // nothing replayed (bad or missing arguments)
-    uint64_t replays_started = 0;          // handed to curl
-    uint64_t sent = 0;                     // replays that got an HTTP response (any status)
-    uint64_t failed_connect = 0;           // could not resolve or connect
-    uint64_t failed_timeout = 0;           // connect-timeout or replay-timeout
-    uint64_t failed_tls = 0;               // TLS handshake or certificate
-    uint64_t failed_other = 0;             // sent, but no valid response (reset, garbage, ...)
-    uint64_t dropped_limit = 0;            // max-replays in flight already
-    uint64_t dropped_sampling = 0;         // left out by the target's sampling
-    uint64_t dropped_body_too_big = 0;     // body above max-body
-    uint64_t dropped_body_incomplete = 0;  // fewer body bytes than Content-Length announced
-    uint64_t dropped_stopping = 0;         // arrived during a soft-stop
-    uint64_t responses[6] = {};            // by status class: [1] 1xx .. [5] 5xx, [0] other
-    uint64_t in_flight = 0;                // now
-    uint64_t in_flight_max = 0;            // highest since start
-    uint64_t latency_sum_us = 0;           // replays that got a response: start to completion
+    uint64_t messages = 0;                     // messages named `message`
+    metrics::Counter bad_messages;             // nothing replayed (bad or missing arguments)
+    uint64_t replays_started = 0;              // handed to curl
+    uint64_t sent = 0;                         // replays that got an HTTP response (any status)
+    metrics::Counter failed_connect;           // could not resolve or connect
+    metrics::Counter failed_timeout;           // connect-timeout or replay-timeout
+    metrics::Counter failed_tls;               // TLS handshake or certificate
+    uint64_t failed_other = 0;                 // sent, but no valid response (reset, garbage, ...)
+    metrics::Counter dropped_limit;            // max-replays in flight already
+    metrics::Counter dropped_sampling;         // left out by the target's sampling
+    metrics::Counter dropped_body_too_big;     // body above max-body
+    metrics::Counter dropped_body_incomplete;  // fewer body bytes than Content-Length announced
+    metrics::Counter dropped_stopping;         // arrived during a soft-stop
+    uint64_t responses[6] = {};                // by status class: [1] 1xx .. [5] 5xx, [0] other
+    metrics::Gauge in_flight;                  // now
+    uint64_t in_flight_max = 0;                // highest since start
+    uint64_t latency_sum_us = 0;               // replays that got a response: start to completion
     uint64_t latency_max_us = 0;
   };
 
@@ -103,6 +106,9 @@ class MirrorAgent : public agent::Agent {
               const std::shared_ptr<const std::string>& body, std::string_view method);
   void finish(Replay* r, CURLcode result, long status);
   void bad(const char* what);
+  // Counts a response of status class `cls` (0 other, 1 1xx .. 5 5xx) or a failure "other".
+  void count_response(int cls);
+  void count_other_failure();
   void maybe_stopped();
 
   agent::Context ctx_;
@@ -114,6 +120,12 @@ class MirrorAgent : public agent::Agent {
   util::RateLimiter bad_log_{5};
   util::RateLimiter fail_log_{1};
   Stats stats_;
+  // Series without a field of their own in Stats: spoad_mirror_replays_total{outcome="2xx"..
+  // "5xx"} (index = status class), {outcome="other"} (1xx, a status outside 100-599, and
+  // failed_other), and the replay latency (spoad_mirror_replay_seconds).
+  metrics::Counter outcome_class_[6];  // [2] .. [5]
+  metrics::Counter outcome_other_;
+  metrics::Histogram latency_;
   bool stopping_ = false;
   std::function<void()> stop_done_;
 };

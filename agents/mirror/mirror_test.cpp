@@ -7,11 +7,14 @@
 #include <yaml-cpp/yaml.h>
 
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "agent/registry.h"
+#include "metrics/arena.h"
 #include "spop/reader.h"
 #include "spop/varint.h"
 #include "spop/writer.h"
@@ -55,12 +58,14 @@ std::unique_ptr<MirrorOptions> parse(const std::string& yaml) {
 class Mirror {
  public:
   Mirror(uv_loop_t* loop, const std::string& yaml,
-         std::shared_ptr<spdlog::logger> log = util::make_logger("mirror"))
+         std::shared_ptr<spdlog::logger> log = util::make_logger("mirror"),
+         std::optional<metrics::Scope> scope = std::nullopt)
       : opts_(parse(yaml)) {
     agent::Context ctx;
     ctx.name = "mirror";
     ctx.loop = loop;
     ctx.log = std::move(log);
+    if (scope) ctx.metrics = *scope;
     agent_ = std::make_unique<MirrorAgent>(ctx, *opts_);
     agent_->start();
   }
@@ -98,6 +103,18 @@ spop::KV S(std::string_view name, std::string_view v) {
 }
 spop::KV B(std::string_view name, std::string_view v) {
   return {name, spop::Value::Binary(v)};
+}
+
+// The value of the series `family`{`labels`} of `arena` (a histogram's: `role`), or nullopt
+// when it was not registered.
+std::optional<uint64_t> series(const metrics::Arena& arena, std::string_view family,
+                               std::string_view labels,
+                               metrics::Role role = metrics::Role::kValue) {
+  std::optional<uint64_t> v;
+  arena.visit([&](const metrics::SeriesView& s) {
+    if (s.family == family && s.labels == labels && s.role == role) v = s.value;
+  });
+  return v;
 }
 
 std::string target_yaml(const TestHttpServer& srv, const std::string& extra = "",
@@ -333,6 +350,77 @@ TEST(MirrorAgent, SamplingPerTarget) {
   EXPECT_EQ(a.request_count(), 0u);
   EXPECT_EQ(b.request_count(), started);
   EXPECT_TRUE(m.stop(loop.get()));
+}
+
+// Outcomes, drops, in-flight and latency reach the agent's Prometheus series (a private arena
+// here; a worker's is read by the master), and `show stat json` still reads the same values.
+TEST(MirrorAgent, MetricsCountOutcomesDropsAndLatency) {
+  TestLoop loop;
+  TestHttpServer srv;
+  srv.set_handler([](const TestHttpServer::Request& r) {
+    TestHttpServer::Response resp;
+    resp.status = r.target == "/missing" ? 404 : r.target == "/broken" ? 503 : 200;
+    return resp;
+  });
+  std::shared_ptr<metrics::Arena> arena = metrics::Arena::private_memory();
+  const metrics::Scope scope(arena, "shadow", "mirror");
+  Mirror m(loop.get(), target_yaml(srv, "max-body: 8\n"), util::make_logger("mirror"), scope);
+  // Registered at start, at 0: rate() has a series before the first replay.
+  EXPECT_EQ(
+      series(*arena, "spoad_mirror_replays_total", R"(agent="shadow",type="mirror",outcome="3xx")"),
+      0u);
+  for (const char* path : {"/a", "/b", "/missing", "/broken"})
+    m.send({S("arg_method", "GET"), S("arg_path", path)});
+  m.send({S("arg_method", "get"), S("arg_path", "/x")});  // bad message
+  m.send({S("arg_method", "POST"), S("arg_path", "/big"),
+          B("arg_hdrs", hdrs_bin({{"content-length", "9"}})), B("arg_body", "123456789")});
+  EXPECT_EQ(series(*arena, "spoad_mirror_in_flight", R"(agent="shadow",type="mirror")"), 4u);
+  ASSERT_TRUE(run_until(loop.get(), [&] { return m.stats().sent == 4; }));
+
+  auto replays = [&](const char* outcome) {
+    return series(*arena, "spoad_mirror_replays_total",
+                  std::string(R"(agent="shadow",type="mirror",outcome=")") + outcome + "\"");
+  };
+  EXPECT_EQ(replays("2xx"), 2u);
+  EXPECT_EQ(replays("4xx"), 1u);
+  EXPECT_EQ(replays("5xx"), 1u);
+  EXPECT_EQ(replays("3xx"), 0u);
+  EXPECT_EQ(replays("connect"), 0u);
+  EXPECT_EQ(replays("other"), 0u);
+  auto dropped = [&](const char* reason) {
+    return series(*arena, "spoad_mirror_dropped_total",
+                  std::string(R"(agent="shadow",type="mirror",reason=")") + reason + "\"");
+  };
+  EXPECT_EQ(dropped("bad-message"), 1u);
+  EXPECT_EQ(dropped("body-too-big"), 1u);
+  EXPECT_EQ(dropped("limit"), 0u);
+  EXPECT_EQ(series(*arena, "spoad_mirror_in_flight", R"(agent="shadow",type="mirror")"), 0u);
+  EXPECT_EQ(series(*arena, "spoad_mirror_replay_seconds", R"(agent="shadow",type="mirror")",
+                   metrics::Role::kCount),
+            4u);
+
+  nlohmann::json st;
+  m.agent().stats(st);
+  EXPECT_EQ(st["responses_2xx"], 2);
+  EXPECT_EQ(st["responses_4xx"], 1);
+  EXPECT_EQ(st["responses_5xx"], 1);
+  EXPECT_EQ(st["bad_messages"], 1);
+  EXPECT_EQ(st["dropped_body_too_big"], 1);
+  EXPECT_EQ(st["in_flight"], 0);
+  EXPECT_EQ(st["in_flight_max"], 4);
+  EXPECT_TRUE(m.stop(loop.get()));
+
+  // A target that is down: outcome "connect", in the same series of the same arena.
+  TestHttpServer down;
+  down.down();
+  Mirror d(loop.get(), target_yaml(down), util::make_logger("mirror"), scope);
+  d.send({S("arg_method", "GET"), S("arg_path", "/down")});
+  ASSERT_TRUE(run_until(loop.get(), [&] { return d.stats().failed_connect == 1; }));
+  EXPECT_EQ(replays("connect"), 1u);
+  EXPECT_EQ(series(*arena, "spoad_mirror_replay_seconds", R"(agent="shadow",type="mirror")",
+                   metrics::Role::kCount),
+            5u);
+  EXPECT_TRUE(d.stop(loop.get()));
 }
 
 TEST(MirrorOptions, ErrorsNameTheKey) {

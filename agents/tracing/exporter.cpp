@@ -28,6 +28,12 @@ constexpr uint64_t kMaxRetryAfterMs = 300'000;  // a longer Retry-After is cut t
 constexpr size_t kResponseExcerpt = 512;        // bytes of an error response kept for the log
 constexpr int kGzipLevel = 1;                   // fastest: compression runs on the loop
 
+// Bounds of spoad_tracing_export_seconds, in microseconds: 250 us to 30 s (timeout's default
+// is 10 s).
+constexpr uint64_t kExportBoundsUs[] = {250,     500,     1000,     2500,    5000,   10000,
+                                        25000,   50000,   100000,   250000,  500000, 1000000,
+                                        2500000, 5000000, 10000000, 30000000};
+
 // A JSON string literal for `s`; each ill-formed UTF-8 byte becomes U+FFFD.
 std::string json_string(std::string_view s) {
   std::string out;
@@ -400,7 +406,7 @@ struct SpanExporter::Batch {
   uint64_t backoff_ms = 0;   // the next retry delay, before jitter
   bool waiting = false;      // waiting for a retry (else in flight)
   uint64_t retry_at_ms = 0;  // uv_now() of the retry
-  uint64_t started_ms = 0;   // the current request's start (uv_hrtime in ms)
+  uint64_t started_ns = 0;   // the current request's start (uv_hrtime)
   CURL* easy = nullptr;
   std::string response;  // the start of the response body, for the log
   char errbuf[CURL_ERROR_SIZE] = {};
@@ -419,15 +425,16 @@ struct SpanExporter::FileJob {
   size_t bytes = 0;  // of the spans, counted in held_ until the write ends
   int error = 0;     // errno of the failed step
   const char* step = "";
-  uint64_t started_ms = 0;
+  uint64_t started_ns = 0;  // uv_hrtime
 };
 
 SpanExporter::SpanExporter(uv_loop_t* loop, ExporterOptions opts,
-                           std::shared_ptr<spdlog::logger> log)
+                           std::shared_ptr<spdlog::logger> log, const metrics::Scope& metrics)
     : loop_(loop),
       opts_(std::move(opts)),
       log_(log ? std::move(log) : util::make_logger("tracing")),
       token_(std::make_shared<int>(0)),
+      metrics_(metrics),
       rng_(static_cast<uint32_t>(uv_hrtime() ^ static_cast<uint64_t>(getpid()))) {
   opts_.max_batch = std::max<size_t>(opts_.max_batch, 1);
   opts_.max_queue = std::max<size_t>(opts_.max_queue, 1);
@@ -435,6 +442,40 @@ SpanExporter::SpanExporter(uv_loop_t* loop, ExporterOptions opts,
   endpoint_shown_ = util::printable(opts_.endpoint);
   opts_.retry_initial_ms = std::max<uint64_t>(opts_.retry_initial_ms, 1);
   opts_.retry_max_ms = std::max(opts_.retry_max_ms, opts_.retry_initial_ms);
+
+  const metrics::Scope& m = metrics_;
+  series_.exported = m.counter("spoad_tracing_spans_exported_total",
+                               "Spans the receiver accepted (2xx) or written to the file");
+  constexpr std::string_view kDropped =
+      "Spans lost, by reason: refused by the queue (queue-full: max-queue, queue-bytes: "
+      "max-queue-bytes, stopping), or dropped after they were queued (export-failed: batch "
+      "rejected or not written, stop-timeout: abandoned at stop)";
+  auto dropped = [&](std::string_view reason) {
+    return m.counter("spoad_tracing_spans_dropped_total", kDropped, {{"reason", reason}});
+  };
+  series_.dropped_queue_full = dropped("queue-full");
+  series_.dropped_queue_bytes = dropped("queue-bytes");
+  series_.dropped_stopping = dropped("stopping");
+  series_.dropped_export_failed = dropped("export-failed");
+  series_.dropped_stop_timeout = dropped("stop-timeout");
+  series_.queue_spans = m.gauge("spoad_tracing_queue_spans",
+                                "Spans held in memory: queued, being sent, waiting for a retry");
+  series_.queue_bytes =
+      m.gauge("spoad_tracing_queue_bytes", "Bytes of encoded spans held in memory");
+  constexpr std::string_view kRequests =
+      "Export requests completed (HTTP requests with retries, or file writes), by outcome";
+  auto request = [&](std::string_view outcome) {
+    return m.counter("spoad_tracing_export_requests_total", kRequests, {{"outcome", outcome}});
+  };
+  series_.req_success = request("success");
+  series_.req_http_error = request("http-error");
+  series_.req_network_error = request("network-error");
+  series_.req_timeout = request("timeout");
+  series_.req_cancelled = request("cancelled");
+  series_.req_file_error = request("file-error");
+  series_.latency = m.histogram("spoad_tracing_export_seconds",
+                                "Duration of completed export requests (not cancelled ones)", {},
+                                kExportBoundsUs);
 
   // The request around the spans: resource (service.name, host.name, process.pid, then the
   // configured attributes, which may replace host.name or process.pid) and scope.
@@ -546,7 +587,7 @@ void SpanExporter::on_timer_closed(uv_handle_t* h) {
 
 bool SpanExporter::enqueue(std::string span_json) {
   if (!loop_ || closing_) {
-    ++stats_.dropped;
+    ++series_.dropped_stopping;
     return false;
   }
   if (opts_.kind == ExporterOptions::Kind::kNone) {
@@ -554,16 +595,18 @@ bool SpanExporter::enqueue(std::string span_json) {
     return true;
   }
   if (held_.spans >= opts_.max_queue) {
+    ++series_.dropped_queue_full;
     drop("max-queue", span_json.size());
     return false;
   }
   if (span_json.size() > opts_.max_queue_bytes - std::min(held_.bytes, opts_.max_queue_bytes)) {
-    ++stats_.dropped_bytes;
+    ++series_.dropped_queue_bytes;
     drop("max-queue-bytes", span_json.size());
     return false;
   }
   held_.bytes += span_json.size();
   ++held_.spans;
+  held_changed();
   queue_.push_back(Queued{std::move(span_json), uv_now(loop_)});
   ++stats_.enqueued;
   // The flush timer is set when the first span arrives and when a batch is full.
@@ -572,18 +615,24 @@ bool SpanExporter::enqueue(std::string span_json) {
 }
 
 void SpanExporter::drop(const char* why, size_t bytes) {
-  ++stats_.dropped;
   if (!drop_limiter_.allow(uv_now(loop_))) return;
   drop_limiter_.take_suppressed();  // the total below says it all
   log_->warn(
       "span queue full ({} spans, {} bytes held; max-queue {}, max-queue-bytes {}): dropping "
       "a span of {} bytes for {} ({} dropped so far)",
-      held_.spans, held_.bytes, opts_.max_queue, opts_.max_queue_bytes, bytes, why, stats_.dropped);
+      held_.spans, held_.bytes, opts_.max_queue, opts_.max_queue_bytes, bytes, why,
+      stats().dropped);
 }
 
 void SpanExporter::release(const Held& h) {
   held_.spans -= h.spans;
   held_.bytes -= h.bytes;
+  held_changed();
+}
+
+void SpanExporter::held_changed() {
+  series_.queue_spans = held_.spans;
+  series_.queue_bytes = held_.bytes;
 }
 
 bool SpanExporter::slot_free() const {
@@ -651,7 +700,7 @@ void SpanExporter::send_batch(size_t n) {
     if (!gzip_compress(body, &b->body)) {
       // Cannot happen short of memory; the headers announce gzip, so drop the batch.
       ++stats_.failed_exports;
-      stats_.failed_spans += n;
+      series_.dropped_export_failed += n;
       release(h);
       warn("cannot compress a batch: " + std::to_string(n) + " spans dropped");
       return;
@@ -662,7 +711,7 @@ void SpanExporter::send_batch(size_t n) {
   CURL* e = curl_easy_init();
   if (!e) {
     ++stats_.failed_exports;
-    stats_.failed_spans += n;
+    series_.dropped_export_failed += n;
     release(h);
     warn("curl_easy_init failed: " + std::to_string(n) + " spans dropped");
     return;
@@ -692,7 +741,7 @@ void SpanExporter::start_http(Batch* b) {
   b->waiting = false;
   b->response.clear();
   b->errbuf[0] = '\0';
-  b->started_ms = now_ms_hr();
+  b->started_ns = uv_hrtime();
   std::weak_ptr<int> alive = token_;
   curl_->add(b->easy, [this, b, alive](CURLcode rc, long status) {
     if (!alive.expired()) on_http_done(b, rc, status);
@@ -702,13 +751,15 @@ void SpanExporter::start_http(Batch* b) {
 void SpanExporter::on_http_done(Batch* b, int result, long status) {
   const auto rc = static_cast<CURLcode>(result);
   if (closing_) {  // cancelled: stop() gave up, or the exporter is going away
-    stats_.failed_spans += b->spans;
+    ++series_.req_cancelled;
+    series_.dropped_stop_timeout += b->spans;
     finish_batch(b);
     return;
   }
-  const uint64_t ms = now_ms_hr() - b->started_ms;
+  const uint64_t ms = (uv_hrtime() - b->started_ns) / 1'000'000;
   if (rc == CURLE_OK && status >= 200 && status < 300) {
-    stats_.exported += b->spans;
+    note_request(series_.req_success, b->started_ns);
+    series_.exported += b->spans;
     note_latency(ms);
     if (failing_) {
       failing_ = false;
@@ -716,6 +767,10 @@ void SpanExporter::on_http_done(Batch* b, int result, long status) {
     }
     finish_batch(b);
   } else {
+    note_request(rc == CURLE_OK                   ? series_.req_http_error
+                 : rc == CURLE_OPERATION_TIMEDOUT ? series_.req_timeout
+                                                  : series_.req_network_error,
+                 b->started_ns);
     failing_ = true;
     std::string what;
     if (rc != CURLE_OK) {
@@ -742,7 +797,7 @@ void SpanExporter::on_http_done(Batch* b, int result, long status) {
       retry_later(b, delay);
     } else {
       ++stats_.failed_exports;
-      stats_.failed_spans += b->spans;
+      series_.dropped_export_failed += b->spans;
       const long key = rc != CURLE_OK ? -static_cast<long>(rc) : status;
       if (logged_statuses_.insert(key).second) {
         log_->error(
@@ -795,7 +850,7 @@ void SpanExporter::start_file(std::string body, const Held& h) {
   job->data += '\n';
   job->spans = n;
   job->bytes = h.bytes;
-  job->started_ms = now_ms_hr();
+  job->started_ns = uv_hrtime();
   ++stats_.export_requests;
   file_job_ = job;
   const int rc = uv_queue_work(
@@ -835,8 +890,9 @@ void SpanExporter::start_file(std::string body, const Held& h) {
     job->error = -rc;
     job->step = "queue";
     job->self = nullptr;
+    note_request(series_.req_file_error, job->started_ns);
     ++stats_.failed_exports;
-    stats_.failed_spans += n;
+    series_.dropped_export_failed += n;
     release(h);
     warn("cannot write to " + util::printable(opts_.file) + ": " + uv_strerror(rc));
     delete job;
@@ -847,11 +903,13 @@ void SpanExporter::on_file_done(FileJob* job) {
   file_job_ = nullptr;
   release(Held{job->spans, job->bytes});
   if (job->error == 0) {
-    stats_.exported += job->spans;
-    note_latency(now_ms_hr() - job->started_ms);
+    note_request(series_.req_success, job->started_ns);
+    series_.exported += job->spans;
+    note_latency((uv_hrtime() - job->started_ns) / 1'000'000);
   } else {
+    note_request(series_.req_file_error, job->started_ns);
     ++stats_.failed_exports;
-    stats_.failed_spans += job->spans;
+    series_.dropped_export_failed += job->spans;
     warn(std::string("cannot ") + job->step + " " + util::printable(job->path) + ": " +
          std::strerror(job->error) + "; " + std::to_string(job->spans) + " spans dropped");
   }
@@ -868,6 +926,11 @@ void SpanExporter::finish_batch(Batch* b) {
   auto it = std::find_if(batches_.begin(), batches_.end(),
                          [b](const std::unique_ptr<Batch>& p) { return p.get() == b; });
   if (it != batches_.end()) batches_.erase(it);
+}
+
+void SpanExporter::note_request(metrics::Counter& outcome, uint64_t started_ns) {
+  ++outcome;
+  series_.latency.observe_us((uv_hrtime() - started_ns) / 1000);
 }
 
 void SpanExporter::note_latency(uint64_t ms) {
@@ -915,7 +978,7 @@ void SpanExporter::on_stop_deadline() {
   const uint64_t left = held_.spans;
   // Spans not yet sent, and batches waiting for a retry; close_all() cancels the requests in
   // flight, and on_http_done() counts theirs.
-  stats_.failed_spans += queue_.size();
+  series_.dropped_stop_timeout += queue_.size();
   Held q{queue_.size(), 0};
   for (const Queued& e : queue_)
     q.bytes += e.json.size();
@@ -925,7 +988,7 @@ void SpanExporter::on_stop_deadline() {
   for (auto& b : batches_)
     if (b->waiting) waiting.push_back(b.get());
   for (Batch* b : waiting) {
-    stats_.failed_spans += b->spans;
+    series_.dropped_stop_timeout += b->spans;
     finish_batch(b);
   }
   log_->warn("stop: {} spans not exported after {} ms; giving up", left, opts_.timeout_ms);
@@ -960,6 +1023,10 @@ void SpanExporter::maybe_finished() {
 
 SpanExporter::Stats SpanExporter::stats() const {
   Stats s = stats_;
+  s.exported = series_.exported.get();
+  s.dropped_bytes = series_.dropped_queue_bytes.get();
+  s.dropped = series_.dropped_queue_full.get() + s.dropped_bytes + series_.dropped_stopping.get();
+  s.failed_spans = series_.dropped_export_failed.get() + series_.dropped_stop_timeout.get();
   s.queued = held_.spans;
   s.queued_bytes = held_.bytes;
   s.export_latency_avg_ms = latency_n_ ? latency_sum_ms_ / latency_n_ : 0;

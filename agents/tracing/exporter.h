@@ -19,6 +19,12 @@
 // held in total (waiting, being sent, waiting for a retry); a span that would pass either is
 // refused, counted, and logged at most once a second. When the receiver is down,
 // batches are retried with exponential backoff and export resumes by itself once it is back.
+//
+// Metrics (metrics/arena.h, in the scope given to the constructor): spans exported, spans
+// dropped by reason, the spans and bytes held, export requests by outcome and their latency
+// (agents/tracing/README.md, "Metrics"). All are written on the loop thread: curl's callbacks
+// and the file write's completion run there; the file write itself (thread pool) counts
+// nothing.
 #pragma once
 
 #include <spdlog/logger.h>
@@ -36,6 +42,7 @@
 #include <vector>
 
 #include "config/options.h"
+#include "metrics/arena.h"
 #include "util/rate_limit.h"
 
 struct curl_slist;
@@ -122,8 +129,10 @@ class SpanExporter {
 
   // `loop` may be nullptr (configuration check): the exporter then touches no loop, refuses
   // every span and stop() calls `done` at once. Starts no I/O before the first span. Throws
-  // std::runtime_error if curl cannot be set up.
-  SpanExporter(uv_loop_t* loop, ExporterOptions opts, std::shared_ptr<spdlog::logger> log);
+  // std::runtime_error if curl cannot be set up. `metrics`: where its series are registered
+  // (the agent's scope; by default a private arena nobody reads).
+  SpanExporter(uv_loop_t* loop, ExporterOptions opts, std::shared_ptr<spdlog::logger> log,
+               const metrics::Scope& metrics = metrics::Scope());
   // Safe at any time; without stop() (or before its `done`), spans not yet exported are lost,
   // `done` is not called, and the loop's handles are closed (freed on the loop's next run).
   ~SpanExporter();
@@ -180,6 +189,9 @@ class SpanExporter {
   void maybe_done();
   void maybe_finished();
   void note_latency(uint64_t ms);
+  // Counts a completed export request (`outcome` one of Series' req_*) and its duration.
+  void note_request(metrics::Counter& outcome, uint64_t started_ns);
+  void held_changed();  // sets the queue gauges from held_
   void warn(const std::string& msg);
 
   Timer* make_timer(void (SpanExporter::*fn)());
@@ -212,6 +224,27 @@ class SpanExporter {
   bool curl_closed_ = false;
   std::function<void()> stop_done_;
 
+  // Prometheus series (see the top of this file). Stats' exported, dropped, dropped_bytes and
+  // failed_spans are read from them.
+  metrics::Scope metrics_;  // keeps the arena the handles below point into alive
+  struct Series {
+    metrics::Counter exported;               // spoad_tracing_spans_exported_total
+    metrics::Counter dropped_queue_full;     // spoad_tracing_spans_dropped_total{reason=...}
+    metrics::Counter dropped_queue_bytes;    //   refused by enqueue(): max-queue, max-queue-bytes,
+    metrics::Counter dropped_stopping;       //   after stop() finished (or without a loop)
+    metrics::Counter dropped_export_failed;  // accepted, then lost: batch rejected, write error
+    metrics::Counter dropped_stop_timeout;   // accepted, then abandoned by stop()'s deadline
+    metrics::Gauge queue_spans;              // spoad_tracing_queue_spans
+    metrics::Gauge queue_bytes;              // spoad_tracing_queue_bytes
+    metrics::Counter req_success;            // spoad_tracing_export_requests_total{outcome=...}
+    metrics::Counter req_http_error;
+    metrics::Counter req_network_error;
+    metrics::Counter req_timeout;
+    metrics::Counter req_cancelled;
+    metrics::Counter req_file_error;
+    metrics::Histogram latency;  // spoad_tracing_export_seconds
+  };
+  Series series_;
   Stats stats_;
   uint64_t latency_sum_ms_ = 0;
   uint64_t latency_n_ = 0;

@@ -17,10 +17,12 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "config/options.h"
+#include "metrics/arena.h"
 #include "tests/unit/test_http_server.h"
 #include "util/log.h"
 #include "version.h"
@@ -509,6 +511,87 @@ TEST(SpanExporter, StopGivesUpAfterTheTimeout) {
   EXPECT_EQ(s.failed_spans, 5u);
   EXPECT_EQ(s.queued, 0u);
   EXPECT_EQ(s.exported, 0u);
+}
+
+// The exporter's Prometheus series: requests by outcome and their latency, spans exported and
+// dropped by reason, the queue gauges; and Stats, read from the same handles.
+TEST(SpanExporter, MetricsFollowRequestsDropsAndTheQueue) {
+  TestHttpServer server;
+  int status = 400;
+  server.set_handler([&](const Request&) {
+    Response r;
+    r.status = status;
+    return r;
+  });
+  TestLoop loop;
+  ExporterOptions o = http_options(server);
+  o.max_batch = 2;
+  o.max_queue = 4;
+  std::shared_ptr<metrics::Arena> arena = metrics::Arena::private_memory();
+  auto e = std::make_unique<SpanExporter>(loop.get(), o, util::make_logger("tracing-test"),
+                                          metrics::Scope(arena, "otel", "tracing"));
+  auto value = [&](std::string_view family, const std::string& label,
+                   metrics::Role role = metrics::Role::kValue) {
+    const std::string labels = R"(agent="otel",type="tracing")" + label;
+    std::optional<uint64_t> v;
+    arena->visit([&](const metrics::SeriesView& s) {
+      if (s.family == family && s.labels == labels && s.role == role) v = s.value;
+    });
+    return v;
+  };
+  auto requests = [&](const char* outcome) {
+    return value("spoad_tracing_export_requests_total",
+                 std::string(",outcome=\"") + outcome + "\"");
+  };
+  auto dropped = [&](const char* reason) {
+    return value("spoad_tracing_spans_dropped_total", std::string(",reason=\"") + reason + "\"");
+  };
+  EXPECT_EQ(requests("success"), 0u);  // registered at creation
+  EXPECT_EQ(dropped("queue-full"), 0u);
+
+  // A rejected batch: http-error, its spans dropped as export-failed.
+  e->enqueue(span(0));
+  e->enqueue(span(1));
+  ASSERT_TRUE(run_until(loop.get(), [&] { return e->stats().failed_exports == 1; }));
+  EXPECT_EQ(requests("http-error"), 1u);
+  EXPECT_EQ(dropped("export-failed"), 2u);
+  // An accepted one.
+  status = 200;
+  e->enqueue(span(2));
+  e->enqueue(span(3));
+  ASSERT_TRUE(run_until(loop.get(), [&] { return e->stats().exported == 2; }));
+  EXPECT_EQ(requests("success"), 1u);
+  EXPECT_EQ(value("spoad_tracing_spans_exported_total", ""), 2u);
+  EXPECT_EQ(value("spoad_tracing_export_seconds", "", metrics::Role::kCount), 2u);
+  EXPECT_EQ(value("spoad_tracing_queue_spans", ""), 0u);
+
+  // The receiver is down: spans are held (gauges), the fifth is refused (queue-full), the
+  // attempts fail (network-error) until it is back.
+  server.down();
+  for (int i = 4; i < 9; ++i)
+    e->enqueue(span(i));
+  EXPECT_EQ(value("spoad_tracing_queue_spans", ""), 4u);
+  EXPECT_EQ(value("spoad_tracing_queue_bytes", ""), 4 * span(4).size());
+  EXPECT_EQ(dropped("queue-full"), 1u);
+  ASSERT_TRUE(run_until(loop.get(), [&] { return requests("network-error") >= 1u; }));
+  server.up();
+  ASSERT_TRUE(run_until(loop.get(), [&] { return e->stats().exported == 6; }));
+  EXPECT_EQ(value("spoad_tracing_spans_exported_total", ""), 6u);
+  EXPECT_EQ(value("spoad_tracing_queue_spans", ""), 0u);
+  EXPECT_EQ(value("spoad_tracing_queue_bytes", ""), 0u);
+  EXPECT_EQ(requests("success"), 3u);
+  stop(loop.get(), *e);
+  EXPECT_FALSE(e->enqueue(span(9)));
+  EXPECT_EQ(dropped("stopping"), 1u);
+
+  const auto s = e->stats();
+  EXPECT_EQ(s.dropped, 2u);  // queue-full + stopping
+  EXPECT_EQ(s.dropped_bytes, 0u);
+  EXPECT_EQ(s.failed_spans, 2u);
+  EXPECT_EQ(s.exported, 6u);
+  // Every completed request was timed: the failed ones too.
+  EXPECT_EQ(value("spoad_tracing_export_seconds", "", metrics::Role::kCount), s.export_requests);
+  EXPECT_EQ(arena->overflows(), 0u);
 }
 
 TEST(SpanExporter, StopWithNothingQueued) {

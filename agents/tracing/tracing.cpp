@@ -24,6 +24,7 @@ enum class Stage {
   kHttpResponse,
   kUnknown,
 };
+static_assert(static_cast<size_t>(Stage::kUnknown) == 8, "TracingAgent::kEvents");
 
 Stage stage_of(std::string_view name) {
   if (name == "trace-client-session") return Stage::kClientSession;
@@ -279,7 +280,7 @@ void TracingAgent::start() {
     for (const std::string& w : opts_.env_warnings)
       ctx_.log->warn("{}", w);
   if (ctx_.loop && !exporter_)
-    exporter_ = std::make_unique<SpanExporter>(ctx_.loop, opts_.exporter, ctx_.log);
+    exporter_ = std::make_unique<SpanExporter>(ctx_.loop, opts_.exporter, ctx_.log, ctx_.metrics);
 }
 
 void TracingAgent::stop(std::function<void()> done) {
@@ -296,6 +297,17 @@ void TracingAgent::emit(std::string span_json) {
     sink_(std::move(span_json));
   else if (exporter_)
     exporter_->enqueue(std::move(span_json));
+}
+
+metrics::Counter& TracingAgent::event_spans(size_t stage, std::string_view name) {
+  if (!event_registered_[stage]) {
+    event_registered_[stage] = true;
+    event_spans_[stage] = ctx_.metrics.counter(
+        "spoad_tracing_spans_total",
+        "Spans ended and handed to the exporter, by the SPOE message (event) that ended them",
+        {{"event", name}});
+  }
+  return event_spans_[stage];
 }
 
 void TracingAgent::warn(const std::string& what) {
@@ -437,6 +449,7 @@ void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
     emit(encode_span(s));
   };
   auto none = [](Span&) {};
+  const uint64_t ended_before = spans_ended_;
   const bool failed = e.status >= 500 || (stage == Stage::kHttpResponse && e.status < 100);
   auto status = [&](Span& s) {
     if (e.status >= 0) s.add("http.response.status_code", e.status);
@@ -525,6 +538,8 @@ void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
     default:
       break;
   }
+  if (const uint64_t n = spans_ended_ - ended_before; n > 0)
+    event_spans(static_cast<size_t>(stage), msg.name) += n;
 }
 
 void TracingAgent::stats(nlohmann::json& out) const {

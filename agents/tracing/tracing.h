@@ -40,6 +40,7 @@
 #include "agent/registry.h"
 #include "agents/tracing/exporter.h"
 #include "agents/tracing/trace_context.h"
+#include "metrics/arena.h"
 #include "util/rate_limit.h"
 
 namespace spoad::agents::tracing {
@@ -78,6 +79,9 @@ class TracingAgent : public agent::Agent {
   // Counts what the limits did to a span and logs it at most once a second.
   void note_limits(const Span& s);
   std::string_view limited_tracestate(std::string_view ts, std::string* storage);
+  // The spoad_tracing_spans_total{event="<name>"} series of message kind `stage` (an index
+  // below kEvents), registered the first time it ends a span.
+  metrics::Counter& event_spans(size_t stage, std::string_view name);
 
   agent::Context ctx_;
   TracingOptions opts_;
@@ -98,6 +102,12 @@ class TracingAgent : public agent::Agent {
   uint64_t attributes_dropped_ = 0;    // attributes beyond Span::kMaxAttributes
   uint64_t tracestate_truncated_ = 0;  // members removed for tracestate_max_bytes
   uint64_t tracestate_dropped_ = 0;    // malformed, more than 32 members, or nothing fitted
+
+  // Spans ended, by the message that ended them: one series per known message name (there
+  // are kEvents; others are refused as bad messages, so the label values are bounded).
+  static constexpr size_t kEvents = 8;
+  metrics::Counter event_spans_[kEvents];
+  bool event_registered_[kEvents] = {};
 };
 
 }  // namespace spoad::agents::tracing

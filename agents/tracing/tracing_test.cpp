@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -16,6 +17,7 @@
 #include "agents/tracing/span.h"
 #include "agents/tracing/trace_context.h"
 #include "agents/tracing/tracing.h"
+#include "metrics/arena.h"
 #include "spop/frames.h"
 #include "spop/writer.h"
 #include "tests/unit/test_http_server.h"
@@ -297,7 +299,8 @@ class FakeHaproxy {
   Owner owner_;
 };
 
-std::unique_ptr<agent::Agent> make_agent(const std::string& yaml, std::vector<std::string>* out) {
+std::unique_ptr<agent::Agent> make_agent(const std::string& yaml, std::vector<std::string>* out,
+                                         const metrics::Scope* scope = nullptr) {
   const agent::AgentType* t = agent::find_agent_type("tracing");
   EXPECT_NE(t, nullptr);
   YAML::Node n = YAML::Load(yaml);
@@ -306,6 +309,7 @@ std::unique_ptr<agent::Agent> make_agent(const std::string& yaml, std::vector<st
   agent::Context ctx;
   ctx.name = "tracing";
   ctx.log = util::make_logger("tracing");
+  if (scope) ctx.metrics = *scope;
   auto a = t->create(ctx, *opts);
   static_cast<TracingAgent*>(a.get())->set_span_sink(
       [out](std::string s) { out->push_back(std::move(s)); });
@@ -422,6 +426,39 @@ TEST(TracingAgent, MessagesWithoutContextAreCountedNotFatal) {
   nlohmann::json st;
   a->stats(st);
   EXPECT_EQ(st["bad_messages"], 2);
+}
+
+// spoad_tracing_spans_total counts the spans each message ended, in a series per message name
+// registered the first time that message ends a span.
+TEST(TracingAgent, MetricsCountSpansByEvent) {
+  std::shared_ptr<metrics::Arena> arena = metrics::Arena::private_memory();
+  const metrics::Scope scope(arena, "otel", "tracing");
+  std::vector<std::string> spans;
+  auto a = make_agent("sampling: 1\nexporter:\n  type: none\n", &spans, &scope);
+  auto by_event = [&](const char* event) {
+    std::optional<uint64_t> v;
+    const std::string labels = std::string(R"(agent="otel",type="tracing",event=")") + event + "\"";
+    arena->visit([&](const metrics::SeriesView& s) {
+      if (s.family == "spoad_tracing_spans_total" && s.labels == labels) v = s.value;
+    });
+    return v;
+  };
+  for (int i = 0; i < 2; ++i) {
+    FakeHaproxy h(*a);
+    h.send("trace-frontend-http-request", 5, {}, {{"traceparent", spop::Value::Null()}});
+    h.send("trace-backend-tcp-request", 7, kAll);  // ends Frontend HTTP request
+    h.send("trace-http-response", 9, kAll, {{"status", spop::Value::Int64(200)}});
+  }
+  ASSERT_EQ(spans.size(), 8u);
+  EXPECT_EQ(by_event("trace-frontend-http-request"), std::nullopt);  // ended no span
+  EXPECT_EQ(by_event("trace-backend-tcp-request"), 2u);
+  EXPECT_EQ(by_event("trace-http-response"), 6u);  // Backend TCP request, HTTP response, root
+  FakeHaproxy h(*a);
+  h.send("trace-nonsense", 5, {});  // refused: no series for unknown names
+  EXPECT_EQ(by_event("trace-nonsense"), std::nullopt);
+  nlohmann::json st;
+  a->stats(st);
+  EXPECT_EQ(st["spans_ended"], 8);
 }
 
 // A request whose Host header is "evil\xc0\x80" (an overlong NUL), traced in the same export

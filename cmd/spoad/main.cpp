@@ -1,6 +1,7 @@
 // spoad: HAProxy SPOE agents under one supervisor.
 //
-//   spoad -f FILE [-S SOCKET] [-p PIDFILE]   master: starts and supervises the worker pools
+//   spoad -f FILE [-S SOCKET] [-p PIDFILE] [--metrics ADDR]
+//                                            master: starts and supervises the worker pools
 //   spoad -c -f FILE                         check FILE: exit 0 (valid) or 1 (errors on stderr)
 //   spoad --version | --list-agents
 //
@@ -16,6 +17,7 @@
 #include "config/config.h"
 #include "supervisor/master.h"
 #include "supervisor/worker_process.h"
+#include "util/escape.h"
 #include "util/log.h"
 #include "version.h"
 
@@ -62,6 +64,9 @@ int main(int argc, char** argv) {
                  "write the master pid there (overrides global.pidfile)");
   app.add_option("-l,--log-level", mo.log_level,
                  "trace, debug, info, warn, error, critical or off (overrides global.log-level)");
+  app.add_option("--metrics", mo.metrics_listen,
+                 "serve Prometheus metrics on ADDR (host:port or [v6]:port; overrides "
+                 "metrics.listen)");
   app.add_flag("-v,--version", version, "print the version and exit");
   app.add_flag("--list-agents", list_agents, "list the agent types and exit");
   app.add_flag("--worker", worker, "internal: run as a worker of a master")->group("");
@@ -77,6 +82,15 @@ int main(int argc, char** argv) {
       std::printf("%-12.*s %.*s\n", static_cast<int>(t->name.size()), t->name.data(),
                   static_cast<int>(t->description.size()), t->description.data());
     return 0;
+  }
+  if (!mo.metrics_listen.empty()) {
+    spoad::config::ListenAddress a;
+    std::string err;
+    if (!spoad::config::parse_metrics_listen(mo.metrics_listen, &a, &err)) {
+      std::fprintf(stderr, "spoad: --metrics %s: %s\n",
+                   spoad::util::printable(mo.metrics_listen, 256).c_str(), err.c_str());
+      return 1;
+    }
   }
   if (mo.config_path.empty()) {
     std::fprintf(stderr, "spoad: no configuration file: use -f FILE (see --help)\n");

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "agent/reply.h"
+#include "metrics/arena.h"
 #include "spop/reader.h"
 #include "spop/types.h"
 
@@ -24,6 +25,9 @@ struct Context {
   std::string name;                     // the agent's configured name ("iprep")
   uv_loop_t* loop = nullptr;            // the worker's loop; nullptr during `spoad -c`
   std::shared_ptr<spdlog::logger> log;  // tagged with the agent name
+  // Where the agent registers its counters (metrics/arena.h): labelled agent="<name>",
+  // type="<agent type>", read by the master for `/metrics`. Default: a private arena.
+  metrics::Scope metrics;
 };
 
 // A command an agent adds to its worker's CLI (`@1 show lists`).

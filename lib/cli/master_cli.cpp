@@ -2,7 +2,10 @@
 
 #include <unistd.h>
 
+#include <cmath>
+#include <cstdlib>
 #include <stdexcept>
+#include <string_view>
 #include <utility>
 
 #include "util/escape.h"
@@ -17,6 +20,70 @@ struct Pending {
   Words words;
   size_t cost = 0;
 };
+
+// The sample lines of a text exposition (format 0.0.4): every line but comments and blanks.
+std::string sample_lines(std::string_view text) {
+  std::string out;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t nl = text.find('\n', start);
+    if (nl == std::string_view::npos) nl = text.size();
+    const std::string_view line = text.substr(start, nl - start);
+    if (!line.empty() && line[0] != '#') {
+      out.append(line);
+      out += '\n';
+    }
+    start = nl + 1;
+  }
+  return out;
+}
+
+// One sample line `name{a="x",b="y\"z"} value` as {"name", "labels", "value"}; null when the
+// line is not one (never, for what metrics::render writes).
+nlohmann::json sample_json(std::string_view line) {
+  size_t i = line.find_first_of("{ ");
+  if (i == std::string_view::npos || i == 0) return nullptr;
+  nlohmann::json o = nlohmann::json::object();
+  o["name"] = std::string(line.substr(0, i));
+  nlohmann::json labels = nlohmann::json::object();
+  if (line[i] == '{') {
+    ++i;
+    while (i < line.size() && line[i] != '}') {
+      const size_t eq = line.find('=', i);
+      if (eq == std::string_view::npos || eq + 1 >= line.size() || line[eq + 1] != '"')
+        return nullptr;
+      const std::string name(line.substr(i, eq - i));
+      std::string value;
+      size_t j = eq + 2;
+      for (; j < line.size() && line[j] != '"'; ++j) {
+        if (line[j] == '\\' && j + 1 < line.size()) {
+          ++j;
+          value += line[j] == 'n' ? '\n' : line[j];
+        } else {
+          value += line[j];
+        }
+      }
+      if (j >= line.size()) return nullptr;
+      labels[name] = util::to_utf8(value);
+      i = j + 1;
+      if (i < line.size() && line[i] == ',') ++i;
+    }
+    if (i >= line.size()) return nullptr;
+    ++i;  // '}'
+  }
+  if (i >= line.size() || line[i] != ' ') return nullptr;
+  const std::string v(line.substr(i + 1));
+  char* end = nullptr;
+  const double d = std::strtod(v.c_str(), &end);
+  o["labels"] = std::move(labels);
+  if (end == v.c_str() || *end != '\0' || !std::isfinite(d))
+    o["value"] = v;  // +Inf, NaN: as written
+  else if (d >= 0 && d < 9007199254740992.0 && d == std::floor(d))
+    o["value"] = static_cast<uint64_t>(d);
+  else
+    o["value"] = d;
+  return o;
+}
 
 }  // namespace
 
@@ -240,7 +307,7 @@ class MasterCli::Session {
       return;
     }
     if ((w.size() == 2 || json) && w[0] == "show" && w[1] == "stat") {
-      answer(json ? cli_.stat_json() : stat_csv({cli_.stat_row()}));
+      answer(json ? cli_.stat_json() : cli_.stat_text());
       return;
     }
     if (w.size() == 1 && w[0] == "reload") {
@@ -352,7 +419,10 @@ const std::vector<CommandInfo>& MasterCli::commands() {
       {{"show", "info"},
        usage_line("show info [json]",
                   "report information about the master (reloads, CLI budgets)")},
-      {{"show", "stat"}, usage_line("show stat [json]", "report the master's counters")},
+      {{"show", "stat"},
+       usage_line("show stat [json]",
+                  "report the master's counters and the metrics of every agent (live and exited "
+                  "workers summed)")},
       {{"show", "version"}, usage_line("show version", "show version of the current process")},
   };
   return c;
@@ -396,11 +466,26 @@ Fields MasterCli::stat_row() {
   };
 }
 
+std::string MasterCli::stat_text() {
+  return stat_csv({stat_row()}) + sample_lines(backend_.metrics_exposition());
+}
+
 std::string MasterCli::stat_json() {
   nlohmann::json o = nlohmann::json::object();
   for (const auto& [k, v] : stat_row())
     o[k] = v;
-  return nlohmann::json{{"master", o}}.dump(2) + "\n";
+  nlohmann::json samples = nlohmann::json::array();
+  const std::string lines = sample_lines(backend_.metrics_exposition());
+  size_t start = 0;
+  while (start < lines.size()) {
+    const size_t nl = lines.find('\n', start);
+    nlohmann::json s = sample_json(std::string_view(lines).substr(start, nl - start));
+    if (!s.is_null()) samples.push_back(std::move(s));
+    start = nl + 1;
+  }
+  return nlohmann::json{{"master", o}, {"metrics", samples}}.dump(
+             2, ' ', false, nlohmann::json::error_handler_t::replace) +
+         "\n";
 }
 
 MasterCli::~MasterCli() = default;

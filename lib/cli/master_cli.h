@@ -55,6 +55,9 @@ class MasterBackend {
                               std::function<void(bool ok, std::string)> done) = 0;
   // True when the last reload failed (the prompt then reads "master[ReloadFailed]> ").
   virtual bool last_reload_failed() = 0;
+  // The metrics of the whole process tree, live workers and exited ones summed per agent, in
+  // the Prometheus text format 0.0.4 (what `/metrics` answers), for `show stat`; "" if none.
+  virtual std::string metrics_exposition() { return ""; }
 };
 
 class MasterCli {
@@ -108,8 +111,11 @@ class MasterCli {
   void budget_hit(uint64_t& counter, const std::string& why);
   // The master-level `show info` fields: the backend's, then the CLI's counters.
   Fields info();
-  // The master-level `show stat` row, and `show stat json` ({"master": {...}}).
+  // The master-level `show stat`: the master's CSV row, then the metrics of the whole tree as
+  // `name{labels} value` lines (the exposition without its # lines). `show stat json`:
+  // {"master": {...}, "metrics": [{"name": ..., "labels": {...}, "value": ...}, ...]}.
   Fields stat_row();
+  std::string stat_text();
   std::string stat_json();
 
   uv_loop_t* loop_;

@@ -60,7 +60,7 @@ Fields WorkerCli::info() const {
     notify += st.notify_total;
     ack += st.ack_total;
     msgs += st.messages_total;
-    errors += st.errors_total;
+    errors += st.errors_total();
     inflight += st.inflight;
     health += st.healthchecks;
     adopted += st.adopted;
@@ -105,36 +105,37 @@ std::vector<Fields> WorkerCli::stat() const {
         {"type", s->config().type},
         {"pid", id_.pid},
         {"relative_pid", id_.relative_pid},
-        {"applets", st.conns_current},
-        {"idles", st.conns_idle},
-        {"cum_conns", st.conns_total},
-        {"healthchecks", st.healthchecks},
-        {"nb_waiting", st.inflight},
-        {"nb_processed", st.ack_total},
-        {"cum_notify", st.notify_total},
-        {"cum_messages", st.messages_total},
-        {"fragmented", st.fragmented_total},
-        {"aborted", st.aborted_total},
-        {"ack_too_big", st.ack_too_big},
-        {"nb_error", st.errors_total},
-        {"disconnects_received", st.disconnects_received},
-        {"handed_off", st.handed_off},
-        {"adopted", st.adopted},
+        {"applets", st.conns_current.get()},
+        {"idles", st.conns_idle.get()},
+        {"cum_conns", st.conns_total.get()},
+        {"healthchecks", st.healthchecks.get()},
+        {"nb_waiting", st.inflight.get()},
+        {"nb_processed", st.ack_total.get()},
+        {"cum_notify", st.notify_total.get()},
+        {"cum_messages", st.messages_total.get()},
+        {"fragmented", st.fragmented_total.get()},
+        {"aborted", st.aborted_total.get()},
+        {"ack_too_big", st.ack_too_big.get()},
+        {"nb_error", st.errors_total()},
+        {"disconnects_received", st.disconnects_received.get()},
+        {"handed_off", st.handed_off.get()},
+        {"adopted", st.adopted.get()},
         {"reassembly_bytes", s->reassembly_budget().used()},
         {"reassembly_bytes_max", s->reassembly_budget().peak()},
         {"reassembly_limit", s->reassembly_budget().limit()},
-        {"reassembly_refused", st.reassembly_refused},
-        {"fragment_timeouts", st.fragment_timeouts},
+        {"reassembly_refused", st.reassembly_refused.get()},
+        {"fragment_timeouts", st.fragment_timeouts.get()},
         {"max_connections", s->config().runtime.max_connections},
-        {"max_conn_reached", st.max_conn_reached},
-        {"accept_errors", st.accept_errors},
+        {"max_conn_reached", st.max_conn_reached.get()},
+        {"accept_errors", st.accept_errors.get()},
     };
     for (size_t i = 0; i < st.disconnects_sent.size(); ++i)
-      f.emplace_back(std::string("disconnect_") + kDisconnectNames[i], st.disconnects_sent[i]);
+      f.emplace_back(std::string("disconnect_") + kDisconnectNames[i],
+                     st.disconnects_sent[i].get());
     f.emplace_back("proc_time_avg_us", st.proc_time_avg_us());
     f.emplace_back("proc_time_max_us", st.proc_time_max_us);
-    f.emplace_back("bytes_in", st.bytes_in);
-    f.emplace_back("bytes_out", st.bytes_out);
+    f.emplace_back("bytes_in", st.bytes_in.get());
+    f.emplace_back("bytes_out", st.bytes_out.get());
     rows.push_back(std::move(f));
   }
   return rows;

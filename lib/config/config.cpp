@@ -125,6 +125,14 @@ bool parse_listen(std::string_view s, ListenAddress* out, std::string* err) {
   return true;
 }
 
+bool parse_metrics_listen(std::string_view s, ListenAddress* out, std::string* err) {
+  if (s.starts_with("unix:")) {
+    *err = "expected host:port or [IPv6]:port (the endpoint is TCP only)";
+    return false;
+  }
+  return parse_listen(s, out, err);
+}
+
 Config parse_config(const std::string& text, const std::string& file_name) {
   auto file = std::make_shared<const std::string>(file_name);
   YAML::Node root;
@@ -165,6 +173,21 @@ Config parse_config(const std::string& text, const std::string& file_name) {
   cfg.cli.max_queued = cli.size("max-queued", cfg.cli.max_queued, 4u << 10, 64u << 20);
   cli.check_unknown();
 
+  Options metrics = top.map("metrics");
+  if (auto listen = metrics.str("listen")) {
+    std::string err;
+    if (!parse_metrics_listen(*listen, &cfg.metrics.listen, &err)) metrics.fail("listen", err);
+    cfg.metrics.enabled = true;
+  }
+  cfg.metrics.max_connections = static_cast<uint32_t>(
+      metrics.integer("max-connections", cfg.metrics.max_connections, 1, 1024));
+  cfg.metrics.timeout_ms = metrics.duration_ms("timeout", cfg.metrics.timeout_ms, 1000, 3'600'000);
+  if (cfg.metrics.timeout_ms % 1000 != 0)
+    metrics.fail("timeout", "must be whole seconds (the HTTP server counts in seconds)");
+  cfg.metrics.max_connection_memory =
+      metrics.size("max-connection-memory", cfg.metrics.max_connection_memory, 4u << 10, 1u << 20);
+  metrics.check_unknown();
+
   if (!top.has("agents")) top.fail("", "no \"agents\" list: nothing to serve");
   std::vector<Options> agents = top.map_list("agents");
   if (agents.empty()) top.fail("agents", "the list is empty: nothing to serve");
@@ -194,6 +217,8 @@ Config parse_config(const std::string& text, const std::string& file_name) {
     if (!parse_listen(*listen, &ac.listen, &err)) a.fail("listen", err);
     if (!addresses.insert(ac.listen.str()).second)
       a.fail("listen", "address " + ac.listen.str() + " is used by another agent");
+    if (cfg.metrics.enabled && ac.listen == cfg.metrics.listen)
+      a.fail("listen", "address " + ac.listen.str() + " is metrics.listen's");
 
     ac.workers = static_cast<int>(a.integer("workers", 1, 1, 64));
     ac.runtime = read_runtime(a);

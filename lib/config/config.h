@@ -6,6 +6,11 @@
 //     pidfile: /run/spoad.pid   # the master's pid
 //     handover: 3s              # under HAProxy's program section, see supervisor/master.h
 //     takeover-timeout: 2s      # wait for a running spoad's sockets, see supervisor/takeover.h
+//   metrics:                    # the master's Prometheus endpoint (supervisor/metrics_http.h)
+//     listen: 127.0.0.1:9100    # host:port or [v6]:port; no endpoint when absent
+//     max-connections: 16       # scrapers served at once; the others wait in the backlog
+//     timeout: 10s              # a connection silent that long is closed (whole seconds)
+//     max-connection-memory: 32k  # bytes per connection: request line and headers
 //   cli:
 //     socket: /run/spoad/master.sock
 //     mode: "0600"
@@ -90,6 +95,20 @@ struct CliConfig {
   uint64_t max_queued = 1u << 20;  // cli.max-queued: commands waiting, 4k-64m
 };
 
+// The master's `/metrics` endpoint (the `metrics:` section; `--metrics ADDR` overrides listen).
+struct MetricsConfig {
+  bool enabled = false;                        // metrics.listen is set
+  ListenAddress listen;                        // TCP only
+  uint32_t max_connections = 16;               // 1-1024 connections served at once
+  uint64_t timeout_ms = 10'000;                // 1 s - 1 h, whole seconds
+  uint64_t max_connection_memory = 32u << 10;  // bytes, 4k-1m
+  bool operator==(const MetricsConfig&) const = default;
+};
+
+// Parses a metrics.listen / --metrics value: "host:port" or "[v6]:port" (parse_listen, TCP
+// only). Returns false and sets *err when malformed.
+bool parse_metrics_listen(std::string_view s, ListenAddress* out, std::string* err);
+
 struct Config {
   std::string file;
   std::string log_level = "info";
@@ -100,6 +119,7 @@ struct Config {
   uint64_t takeover_timeout_ms = 2'000;
   std::string pidfile;  // "" = none
   CliConfig cli;
+  MetricsConfig metrics;
   std::vector<AgentConfig> agents;
 };
 

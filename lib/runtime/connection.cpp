@@ -169,7 +169,8 @@ void Connection::on_timer(uv_timer_t* t) {
         } else {
           ++c->server_.mutable_stats().fragment_timeouts;
           c->fail(spop::Result::Fail(spop::Status::kTimeout,
-                                     "fragmented NOTIFY not completed within timeout.fragment"));
+                                     "fragmented NOTIFY not completed within timeout.fragment"),
+                  /*fragment_timeout=*/true);
           return;
         }
       }
@@ -236,6 +237,7 @@ void Connection::process() {
       break;
     }
     off += 4 + size_t{len};
+    ++server_.mutable_stats().frames_in;
     handle_frame(f);
   }
   if (state_ == State::kClosing || state_ == State::kClosed) {
@@ -322,8 +324,11 @@ void Connection::handle_hello(const spop::Frame& f) {
   caps_.async = ours.async && theirs.async;
   caps_.fragmentation = ours.fragmentation;
   spop::write_agent_hello(out_, max_frame_size_, spop::format_capabilities(ours));
+  Stats& st = server_.mutable_stats();
+  ++st.hellos;
+  ++st.frames_out;
   if (h.healthcheck) {
-    ++server_.mutable_stats().healthchecks;
+    ++st.healthchecks;
     server_.log().debug("health check from {}", peer_);
     // SPOE.txt 3.2.5: after a health-check HELLO the agent may close.
     state_ = State::kClosing;
@@ -391,7 +396,7 @@ void Connection::refuse_fragment(const spop::Frame& f) {
   // The worker's reassembly budget is used up: this connection goes, the others stay.
   Stats& st = server_.mutable_stats();
   ++st.reassembly_refused;
-  ++st.errors_total;
+  ++st.protocol_errors[Stats::status_index(spop::Status::kResourceError)];
   const spop::ReassemblyBudget& b = server_.reassembly_budget();
   if (server_.limits_log_allow())
     server_.log().warn(
@@ -493,9 +498,8 @@ void Connection::queue_ack(agent::Reply& reply) {
     spop::write_ack(out_, reply.stream_id(), reply.frame_id(), {}, max_frame_size_);
   }
   ++st.ack_total;
-  const uint64_t t = Server::now_us() - reply.start_us();
-  st.proc_time_total_us += t;
-  st.proc_time_max_us = std::max(st.proc_time_max_us, t);
+  ++st.frames_out;
+  st.processed(Server::now_us() - reply.start_us());
 }
 
 void Connection::handle_disconnect(const spop::Frame& f) {
@@ -513,9 +517,10 @@ void Connection::handle_disconnect(const spop::Frame& f) {
   disconnect(spop::Status::kNormal, "");
 }
 
-void Connection::fail(spop::Result error) {
+void Connection::fail(spop::Result error, bool fragment_timeout) {
   Stats& st = server_.mutable_stats();
-  ++st.errors_total;
+  ++st.protocol_errors[fragment_timeout ? Stats::kFragmentTimeoutKind
+                                        : Stats::status_index(error.status)];
   if (server_.log_limiter_allow())
     server_.log().warn("connection from {}: {} ({}); sending AGENT-DISCONNECT status {}", peer_,
                        spop::status_text(error.status), error.detail,
@@ -528,7 +533,9 @@ void Connection::disconnect(spop::Status status, const char* message) {
   std::string msg = message && *message ? message : std::string(spop::status_text(status));
   spop::write_agent_disconnect(out_, status, msg);
   reasm_.reset();  // nothing more will be reassembled: free the buffer now
-  ++server_.mutable_stats().disconnects_sent[Stats::status_index(status)];
+  Stats& st = server_.mutable_stats();
+  ++st.disconnects_sent[Stats::status_index(status)];
+  ++st.frames_out;
   // No ACK can follow a DISCONNECT: cancel the replies still being built.
   for (agent::Reply* r : outstanding_)
     r->detach();
@@ -637,7 +644,8 @@ void Connection::on_shutdown(uv_shutdown_t* req, int status) {
 
 void Connection::set_inflight(uint32_t n) {
   Stats& st = server_.mutable_stats();
-  st.inflight = st.inflight - inflight_ + n;
+  st.inflight -= inflight_;
+  st.inflight += n;
   inflight_ = n;
   const bool idle_now = state_ == State::kReady && n == 0;
   if (idle_now != counted_idle_) {

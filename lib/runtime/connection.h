@@ -97,7 +97,9 @@ class Connection final : public agent::Reply::Owner {
   void refuse_fragment(const spop::Frame& f);  // reassembly budget used up
   void dispatch(spop::Bytes payload, uint32_t nmessages, uint64_t sid, uint64_t fid);
   void queue_ack(agent::Reply& reply);
-  void fail(spop::Result error);
+  // AGENT-DISCONNECT with the error's status, counted as a protocol error of that status (or
+  // of kind "fragment-timeout").
+  void fail(spop::Result error, bool fragment_timeout = false);
   void disconnect(spop::Status status, const char* message);
   void flush();
   void update_reading();

@@ -26,11 +26,12 @@ constexpr uint64_t kAcceptBackoffMaxMs = 1000;
 }  // namespace
 
 Server::Server(uv_loop_t* loop, const config::AgentConfig& cfg, std::unique_ptr<agent::Agent> agent,
-               std::shared_ptr<spdlog::logger> log)
+               std::shared_ptr<spdlog::logger> log, const metrics::Scope& metrics)
     : loop_(loop),
       cfg_(cfg),
       agent_(std::move(agent)),
       log_(std::move(log)),
+      stats_(metrics),
       reasm_budget_(cfg.runtime.max_reassembly_bytes) {}
 
 Server::~Server() = default;

@@ -38,8 +38,10 @@ namespace spoad::runtime {
 
 class Server {
  public:
+  // `metrics`: where the counters (Stats) are registered, labelled with the agent; a default
+  // Scope counts in a private arena.
   Server(uv_loop_t* loop, const config::AgentConfig& cfg, std::unique_ptr<agent::Agent> agent,
-         std::shared_ptr<spdlog::logger> log);
+         std::shared_ptr<spdlog::logger> log, const metrics::Scope& metrics = metrics::Scope());
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;

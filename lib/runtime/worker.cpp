@@ -5,8 +5,12 @@
 
 namespace spoad::runtime {
 
-Worker::Worker(uv_loop_t* loop, std::vector<config::AgentConfig> agents)
-    : loop_(loop), agents_(std::move(agents)) {
+Worker::Worker(uv_loop_t* loop, std::vector<config::AgentConfig> agents,
+               std::shared_ptr<metrics::Arena> arena)
+    : loop_(loop),
+      agents_(std::move(agents)),
+      arena_(arena ? std::move(arena)
+                   : std::shared_ptr<metrics::Arena>(metrics::Arena::private_memory())) {
   uv_timer_init(loop_, &grace_timer_);
   grace_timer_.data = this;
 }
@@ -20,9 +24,10 @@ void Worker::start(const std::vector<std::vector<int>>& fds) {
     ctx.name = ac.name;
     ctx.loop = loop_;
     ctx.log = util::make_logger(ac.name);
+    ctx.metrics = metrics::Scope(arena_, ac.name, ac.type);
     std::unique_ptr<agent::Agent> a = ac.agent_type->create(ctx, *ac.options);
     // Kept in servers_ before listen(): if it throws, hard_stop() closes the handles it made.
-    servers_.push_back(std::make_unique<Server>(loop_, ac, std::move(a), ctx.log));
+    servers_.push_back(std::make_unique<Server>(loop_, ac, std::move(a), ctx.log, ctx.metrics));
     Server& s = *servers_.back();
     s.agent().start();
     s.listen(i < fds.size() ? fds[i] : std::vector<int>{});

@@ -12,14 +12,20 @@
 #include <vector>
 
 #include "config/config.h"
+#include "metrics/arena.h"
 #include "runtime/server.h"
 
 namespace spoad::runtime {
 
 class Worker {
  public:
-  // `agents`: the configured agents to serve.
-  Worker(uv_loop_t* loop, std::vector<config::AgentConfig> agents);
+  // `agents`: the configured agents to serve. `arena`: where every counter of this process
+  // goes (metrics/arena.h; the master's shared arena of this worker); nullptr: a private one.
+  // Each agent gets a metrics::Scope of it (labels agent, type) in agent::Context::metrics,
+  // and its Server registers runtime::Stats there. The heartbeat the master watches
+  // (spoad_worker_heartbeat_ms) is the worker process's (supervisor/worker_process.cpp).
+  Worker(uv_loop_t* loop, std::vector<config::AgentConfig> agents,
+         std::shared_ptr<metrics::Arena> arena = nullptr);
   ~Worker();
 
   // Builds each agent and starts listening. `fds[i]`, if given and not empty, holds the
@@ -51,6 +57,7 @@ class Worker {
 
   uv_loop_t* loop_;
   std::vector<config::AgentConfig> agents_;
+  std::shared_ptr<metrics::Arena> arena_;
   std::vector<std::unique_ptr<Server>> servers_;
   uv_timer_t grace_timer_;
   bool grace_armed_ = false;

@@ -96,6 +96,7 @@ struct Master::Proc {
   uint64_t start_ms = 0;  // loop time
   uint64_t start_wall_s = 0;
   std::string version;
+  std::unique_ptr<metrics::Arena> arena;  // read-only; dropped once its totals are taken
   Channel* ch = nullptr;
   bool ready = false;
   bool leaving = false;
@@ -160,9 +161,14 @@ int Master::run() {
 
   cli_path_ = !opts_.cli_socket.empty() ? opts_.cli_socket : cfg_.cli.socket;
   pidfile_ = !opts_.pidfile.empty() ? opts_.pidfile : cfg_.pidfile;
+  metrics_http_ =
+      std::make_unique<MetricsHttp>(loop_, [this](metrics::Format f) { return render_metrics(f); });
   try {
     take_over_at_start();
     listeners_.bind_missing(cfg_);
+    // A predecessor we took over from keeps the address until it stops: retry meanwhile.
+    metrics_http_->prepare(metrics_config(cfg_), predecessor_ != nullptr);
+    metrics_http_->commit();
   } catch (const std::exception& e) {
     log->critical("cannot start: {}", e.what());
     exit_status_ = 1;
@@ -307,9 +313,17 @@ Master::Proc* Master::spawn(Slot& s) {
   if (::access(exe.c_str(), X_OK) != 0) exe = "/proc/self/exe";
   std::string worker_flag = "--worker";
   char* args[] = {exe.data(), worker_flag.data(), nullptr};
-  // fd 3: the channel; fds 4...: the listening sockets of this slot (Listen).
+  // fd 3: the channel; fds 4...: the listening sockets of this slot (Listen), then the
+  // metrics arena (Metrics), if it could be created.
   const std::vector<int> listen_fds = listeners_.fds_for(ac, s.index);
-  std::vector<uv_stdio_container_t> stdio(4 + listen_fds.size());
+  std::string arena_err;
+  std::unique_ptr<metrics::Arena> arena = metrics::Arena::create_shared(&arena_err);
+  if (!arena)
+    mlog()->warn(
+        "cannot create the metrics arena of a worker of {}: {}; its counters will not "
+        "be seen",
+        ac.name, arena_err);
+  std::vector<uv_stdio_container_t> stdio(4 + listen_fds.size() + (arena ? 1 : 0));
   stdio[0].flags = UV_IGNORE;
   stdio[1].flags = UV_INHERIT_FD;
   stdio[1].data.fd = 1;
@@ -322,6 +336,13 @@ Master::Proc* Master::spawn(Slot& s) {
     stdio[4 + i].flags = UV_INHERIT_FD;
     stdio[4 + i].data.fd = listen_fds[i];
     listen.fds.push_back(static_cast<int64_t>(4 + i));
+  }
+  msg::Metrics metrics_fd;
+  if (arena) {
+    const size_t i = 4 + listen_fds.size();
+    stdio[i].flags = UV_INHERIT_FD;
+    stdio[i].data.fd = arena->fd();
+    metrics_fd.fd = static_cast<int64_t>(i);
   }
   uv_process_options_t o{};
   o.file = exe.c_str();
@@ -346,6 +367,13 @@ Master::Proc* Master::spawn(Slot& s) {
     return nullptr;
   }
   p->pid = p->handle.pid;
+  if (arena) {
+    // Ours to read only from now on: a read-only mapping of the same memfd.
+    const int copy = ::fcntl(arena->fd(), F_DUPFD_CLOEXEC, 0);
+    std::unique_ptr<metrics::Arena> ro =
+        copy >= 0 ? metrics::Arena::attach(copy, false, &arena_err) : nullptr;
+    p->arena = ro ? std::move(ro) : std::move(arena);
+  }
   p->start_ms = uv_now(loop_);
   p->start_wall_s = wall_s();
   Proc* raw = p.get();
@@ -363,7 +391,8 @@ Master::Proc* Master::spawn(Slot& s) {
   init.generation = g.id;
   init.listen_fd = listen.fds.empty() ? -1 : 4;  // for a worker binary older than Listen
   init.log_level = opts_.log_level;
-  if (raw->ch && (!raw->ch->send(listen) || !raw->ch->send(init)))
+  if (raw->ch && (!raw->ch->send(listen) || (metrics_fd.fd >= 0 && !raw->ch->send(metrics_fd)) ||
+                  !raw->ch->send(init)))
     g.errors += "cannot send the configuration to worker " + std::to_string(raw->pid) + "\n";
   s.proc = raw;
   procs_.push_back(std::move(p));
@@ -455,6 +484,10 @@ void Master::log_exit(const Proc& p, int64_t status, int signal) {
 void Master::on_exit(Proc* p, int64_t status, int signal) {
   log_exit(*p, status, signal);
   p->exited = true;
+  // Dead: its arena holds its final counters. They go to the totals.
+  const config::AgentConfig& pac = p->gen->cfg.agents[p->agent];
+  metrics_view_.worker_exited(pac.name, pac.type, status, signal, p->arena.get());
+  p->arena.reset();
   // The channel stays open until it reports EOF: a worker's last messages (a connection handed
   // off just before it exited, with the socket in flight) are still in it.
   auto calls = std::move(p->cli);
@@ -488,6 +521,7 @@ void Master::on_exit(Proc* p, int64_t status, int signal) {
     if (s && !p->leaving) {
       ++s->crashes;
       ++crashes_;
+      metrics_view_.worker_respawned(pac.name, pac.type);
       if (uv_now(loop_) - p->start_ms >= kStableMs) s->backoff_ms = kBackoffMinMs;
       schedule_respawn(*s);
     }
@@ -561,6 +595,7 @@ void Master::generation_ready(Generation& g) {
   cfg_ = current_->cfg;
   cfg_text_ = current_->text;
   if (cli_) cli_->set_limits(cli_limits(cfg_));
+  metrics_http_->commit();
   // Sockets of addresses the new configuration no longer uses: kept while old workers run.
   release_listeners();
   std::string text = "Success=1\n--\n";
@@ -585,6 +620,7 @@ void Master::generation_failed(Generation& g, const std::string& why) {
     for (auto& p : procs_)
       if (p->gen == &g) p->leaving = true;
     old_.push_back(std::move(next_));
+    metrics_http_->abort();
     ++failed_reloads_;
     const std::string tag = "(" + std::to_string(getpid()) + ") : ";
     std::string text = "Success=0\n--\n";
@@ -644,6 +680,7 @@ void Master::on_successor_message(msg::Message&& m, int fd) {
     if (successor_serving_) return;
     successor_serving_ = true;
     listeners_.disown_files();  // the successor serves on them: its files now
+    metrics_http_->close();     // and it binds the metrics address once we let it go
     mlog()->info("takeover: spoad pid {} serves: handing our connections over to it",
                  successor_pid_);
     if (!stopping_) {
@@ -758,6 +795,7 @@ void Master::do_reload() {
     text = config::read_text(opts_.config_path);
     cfg = config::parse_config(text, opts_.config_path);
     listeners_.bind_missing(cfg);
+    metrics_http_->prepare(metrics_config(cfg));  // a new metrics.listen: bound now
   } catch (const std::exception& e) {
     release_listeners();
     ++failed_reloads_;
@@ -842,6 +880,51 @@ cli::Fields Master::info() {
 
 std::string Master::version() {
   return SPOAD_VERSION;
+}
+
+// ---- metrics --------------------------------------------------------------------------------
+
+config::MetricsConfig Master::metrics_config(const config::Config& c) const {
+  config::MetricsConfig m = c.metrics;
+  std::string err;  // --metrics was checked by the caller
+  if (!opts_.metrics_listen.empty() &&
+      config::parse_metrics_listen(opts_.metrics_listen, &m.listen, &err))
+    m.enabled = true;
+  return m;
+}
+
+std::string Master::render_metrics(metrics::Format f) {
+  MetricsView::Master m;
+  m.start_time_s = start_time_s_;
+  m.reloads = static_cast<uint64_t>(reloads_);
+  m.failed_reloads = static_cast<uint64_t>(failed_reloads_);
+  m.generation = current_ ? current_->id : 0;
+  for (const auto& a : cfg_.agents)
+    m.agents.emplace_back(a.name, a.type);
+  std::vector<MetricsView::Process> procs;
+  for (const auto& p : procs_) {
+    if (p->exited || p->pid == 0) continue;
+    const config::AgentConfig& ac = p->gen->cfg.agents[p->agent];
+    MetricsView::Process v;
+    v.pid = p->pid;
+    v.relative_pid = p->relative_pid;
+    v.generation = p->gen->id;
+    v.agent = ac.name;
+    v.type = ac.type;
+    v.state = p->leaving ? MetricsView::State::kStopping
+              : p->ready ? MetricsView::State::kReady
+                         : MetricsView::State::kStarting;
+    v.start_time_s = p->start_wall_s;
+    v.arena = p->arena.get();
+    procs.push_back(std::move(v));
+  }
+  std::vector<metrics::Sample> samples = metrics_view_.samples(m, procs, monotonic_ms());
+  if (metrics_http_) metrics_http_->append_samples(samples);
+  return metrics::render(samples, f);
+}
+
+std::string Master::metrics_exposition() {
+  return render_metrics(metrics::Format::kText004);
 }
 
 int Master::worker_by_relative_pid(uint64_t n) {
@@ -1025,6 +1108,7 @@ void Master::close_everything() {
       uv_close(reinterpret_cast<uv_handle_t*>(&s), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&tick_), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&stop_timer_), nullptr);
+  if (metrics_http_) metrics_http_->close();
   if (cli_) cli_->close([] {});
   if (!cli_path_.empty()) runtime::unlink_if_owned(cli_path_, cli_inode_);
   if (takeover_sock_) takeover_sock_->close();

@@ -21,6 +21,10 @@
 // instance: at start, before binding, take the predecessor's sockets (bind only what is
 // missing), serve, say so, and adopt the connections it forwards as from an old generation.
 //
+// Metrics: the master creates each worker's metrics arena (a memfd, metrics/arena.h) and keeps
+// it mapped read-only; `/metrics` (supervisor/metrics_http.h) and the master CLI's `show stat`
+// read every live arena in place and the totals of the exited workers (metrics_view.h).
+//
 // Workers are spawned with libuv's process API (uv_spawn), which re-executes the spoad binary,
 // rather than with fork(): a forked child would inherit the master's libuv loop (epoll set,
 // signal pipe, thread pool) in a state libuv does not support sharing, and the master's
@@ -44,15 +48,18 @@
 #include "config/config.h"
 #include "supervisor/channel.h"
 #include "supervisor/listeners.h"
+#include "supervisor/metrics_http.h"
+#include "supervisor/metrics_view.h"
 #include "supervisor/takeover.h"
 
 namespace spoad::supervisor {
 
 struct MasterOptions {
-  std::string config_path;  // -f
-  std::string cli_socket;   // -S: overrides cli.socket
-  std::string pidfile;      // -p: overrides global.pidfile
-  std::string log_level;    // -l: overrides global.log-level (also given to workers)
+  std::string config_path;     // -f
+  std::string cli_socket;      // -S: overrides cli.socket
+  std::string pidfile;         // -p: overrides global.pidfile
+  std::string log_level;       // -l: overrides global.log-level (also given to workers)
+  std::string metrics_listen;  // --metrics: overrides metrics.listen (checked by the caller)
 };
 
 class Master : public cli::MasterBackend {
@@ -81,6 +88,10 @@ class Master : public cli::MasterBackend {
   void worker_command(int pid, const cli::Words& words,
                       std::function<void(bool, std::string)> done) override;
   bool last_reload_failed() override { return last_reload_failed_; }
+  std::string metrics_exposition() override;
+
+  // The exposition of the whole tree in format `f` (what `/metrics` answers).
+  std::string render_metrics(metrics::Format f);
 
  private:
   struct Proc;
@@ -117,6 +128,7 @@ class Master : public cli::MasterBackend {
   void maybe_exit();
   void close_everything();
   Proc* find_pid(int pid);
+  config::MetricsConfig metrics_config(const config::Config& c) const;
   void log_exit(const Proc& p, int64_t status, int signal);
 
   static void on_signal(uv_signal_t* s, int signum);
@@ -169,6 +181,10 @@ class Master : public cli::MasterBackend {
   uint64_t ack_deadline_ms_ = 0;
   Channel* predecessor_ = nullptr;  // the spoad we took the sockets from
   int64_t predecessor_pid_ = 0;
+
+  // Metrics (metrics_view.h, metrics_http.h).
+  MetricsView metrics_view_;
+  std::unique_ptr<MetricsHttp> metrics_http_;
 
   std::unique_ptr<cli::MasterCli> cli_;
   std::string cli_path_;

@@ -112,6 +112,7 @@ struct Writer {
     varint(m.count);
   }
   void fields(const Serving& m) { sint(m.pid); }
+  void fields(const Metrics& m) { sint(m.fd); }
 };
 
 // ---- reading --------------------------------------------------------------------------------
@@ -256,6 +257,7 @@ struct Reader {
     m.count = varint();
   }
   void fields(Serving& m) { m.pid = sint(); }
+  void fields(Metrics& m) { m.fd = sint(); }
 };
 
 // The wire type of each alternative: its index in Message + 1.
@@ -280,10 +282,10 @@ bool read_as(uint8_t type, Reader& r, Message& out) {
 }  // namespace
 
 const char* name(const Message& m) {
-  static const char* const names[] = {"init",      "cli-request", "soft-stop", "hand-over",
-                                      "adopt",     "handoff-ack", "ready",     "error",
-                                      "cli-reply", "handoff",     "engine",    "listen",
-                                      "takeover",  "listener",    "listeners", "serving"};
+  static const char* const names[] = {
+      "init",     "cli-request", "soft-stop", "hand-over", "adopt",  "handoff-ack",
+      "ready",    "error",       "cli-reply", "handoff",   "engine", "listen",
+      "takeover", "listener",    "listeners", "serving",   "metrics"};
   static_assert(std::size(names) == std::variant_size_v<Message>);
   return names[m.index()];
 }

@@ -7,7 +7,7 @@
 //   u32 length   big-endian, bytes after these 4, 2..kMaxMessage
 //   u8  flags    bit 0: a socket travels with this frame (SCM_RIGHTS); set for exactly the
 //                types that carry one (Adopt, Handoff, Listener); other bits are 0
-//   u8  type     the alternative's index in Message + 1 (Init = 1 ... Serving = 16). A reload
+//   u8  type     the alternative's index in Message + 1 (Init = 1 ... Metrics = 17). A reload
 //                may run a newer binary beside an older master, and a takeover an older
 //                predecessor: only append new types, never change an existing one.
 //   fields       in declaration order: integers as LEB128 varints (signed ones zigzag-encoded
@@ -136,9 +136,21 @@ struct Serving {  // the successor serves: hand the connections over and leave
   bool operator==(const Serving&) const = default;
 };
 
+// ---- master -> worker, appended ---------------------------------------------------------
+// Sent before Init (after Listen): the worker's metrics arena (metrics/arena.h), a memfd the
+// master created and the worker inherited at spawn, as that fd's number in the worker. The
+// worker maps it writable; the master keeps a read-only mapping and reads it at each scrape
+// and once more after the worker exited. A worker that never gets it (a master older than
+// this message) counts in a private arena nobody reads; an older worker skips it (unknown
+// type) and does the same.
+struct Metrics {
+  int64_t fd = -1;
+  bool operator==(const Metrics&) const = default;
+};
+
 using Message =
     std::variant<Init, CliRequest, SoftStop, HandOver, Adopt, HandoffAck, Ready, Error, CliReply,
-                 Handoff, Engine, Listen, Takeover, Listener, Listeners, Serving>;
+                 Handoff, Engine, Listen, Takeover, Listener, Listeners, Serving, Metrics>;
 
 // The message's name, for logs ("init", "cli-request", ...).
 const char* name(const Message& m);

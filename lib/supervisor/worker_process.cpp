@@ -14,6 +14,7 @@
 #include "config/config.h"
 #include "runtime/worker.h"
 #include "supervisor/channel.h"
+#include "supervisor/metrics_view.h"
 #include "util/escape.h"
 #include "util/log.h"
 #include "version.h"
@@ -58,6 +59,16 @@ class WorkerProcess {
       if (!worker_)
         for (int64_t fd : l->fds)
           if (fd >= 0 && fd <= INT32_MAX) listen_fds_.push_back(static_cast<int>(fd));
+    } else if (auto* mt = std::get_if<msg::Metrics>(&m)) {
+      if (!worker_ && !arena_ && mt->fd >= 0 && mt->fd <= INT32_MAX) {
+        std::string err;
+        arena_ = metrics::Arena::attach(static_cast<int>(mt->fd), true, &err);
+        if (!arena_)
+          log_->warn(
+              "cannot map the metrics arena (fd {}): {}; the master will not see this "
+              "worker's counters",
+              mt->fd, err);
+      }
     } else if (auto* init_msg = std::get_if<msg::Init>(&m)) {
       if (!worker_) init(*init_msg);
     } else if (std::holds_alternative<msg::HandoffAck>(m)) {
@@ -101,8 +112,13 @@ class WorkerProcess {
       return;
     }
     const config::AgentConfig& ac = cfg_.agents[agent];
+    // No arena from the master (an older master, or it could not create one): count in
+    // private memory, which nobody reads.
+    if (!arena_) arena_ = metrics::Arena::private_memory();
+    start_heartbeat();
     try {
-      worker_ = std::make_unique<runtime::Worker>(loop_, std::vector<config::AgentConfig>{ac});
+      worker_ =
+          std::make_unique<runtime::Worker>(loop_, std::vector<config::AgentConfig>{ac}, arena_);
       cli::WorkerIdentity id;
       id.pid = ::getpid();
       id.relative_pid = static_cast<int>(m.relative_pid);
@@ -137,6 +153,22 @@ class WorkerProcess {
       fail_init(
           config::ConfigError(cfg_.file, ac.line, "agents", ac.name + ": " + e.what()).what());
     }
+  }
+
+  // The master calls a worker whose heartbeat is older than kStalledMs stalled (metrics_view.h).
+  void start_heartbeat() {
+    heartbeat_ = arena_->gauge(kHeartbeatFamily,
+                               "CLOCK_MONOTONIC milliseconds of the worker's last loop turn "
+                               "(internal: the master exports spoad_worker_stalled instead).",
+                               {});
+    heartbeat_ = monotonic_ms();
+    uv_timer_init(loop_, &heartbeat_timer_);
+    heartbeat_timer_.data = this;
+    heartbeat_armed_ = true;
+    uv_timer_start(
+        &heartbeat_timer_,
+        [](uv_timer_t* t) { static_cast<WorkerProcess*>(t->data)->heartbeat_ = monotonic_ms(); },
+        kHeartbeatMs, kHeartbeatMs);
   }
 
   void fail_init(const std::string& why) {
@@ -200,6 +232,10 @@ class WorkerProcess {
     for (auto& s : sig_)
       if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&s)))
         uv_close(reinterpret_cast<uv_handle_t*>(&s), nullptr);
+    if (heartbeat_armed_) {
+      heartbeat_armed_ = false;
+      uv_close(reinterpret_cast<uv_handle_t*>(&heartbeat_timer_), nullptr);
+    }
     // Keep the channel until the master has read every connection handed off: libuv takes a
     // hang-up seen while a read stopped at a passed socket for the end of the stream, and
     // would drop the messages behind it.
@@ -239,6 +275,11 @@ class WorkerProcess {
   std::unique_ptr<runtime::Worker> worker_;
   std::unique_ptr<cli::WorkerCli> cli_;
   std::vector<int> listen_fds_;  // inherited listening sockets (Listen)
+  // This process's metrics (Metrics message; private memory without one), and its heartbeat.
+  std::shared_ptr<metrics::Arena> arena_;
+  metrics::Gauge heartbeat_;
+  uv_timer_t heartbeat_timer_;
+  bool heartbeat_armed_ = false;
   uv_signal_t sig_[5];
   int master_pid_ = 0;
   int status_ = 0;

@@ -1,6 +1,8 @@
 // A worker process: what `spoad --worker` runs after the master spawned it. It reads its
 // instructions (configuration text, agent, relative pid) from the channel on fd 3, serves its
-// agent, reports READY once it listens, answers CLI commands routed by the master, and stops:
+// agent, reports READY once it listens, answers CLI commands routed by the master, and stops.
+// Its counters live in the metrics arena the master gave it (the Metrics message: an inherited
+// memfd, mapped writable here), with a heartbeat set every second (metrics_view.h). It stops:
 //
 //   SIGUSR1           soft-stop, bounded by global.grace
 //   SIGTERM, SIGINT   hard-stop

@@ -70,6 +70,8 @@ std::vector<msg::Message> samples() {
       msg::Listeners{0, ~uint64_t{0}},
       msg::Serving{99},
       msg::Serving{INT64_MAX},
+      msg::Metrics{5},
+      msg::Metrics{INT64_MIN},
   };
 }
 
@@ -143,7 +145,7 @@ TEST(Messages, MalformedFramesAreRejectedWholeAndSkipped) {
       {"empty body", frame(""), false},
       {"flags only", frame("\x00"), false},
       {"type 0", frame(std::string("\x00\x00", 2)), false},
-      {"type 17", frame(std::string("\x00\x11", 2)), false},
+      {"type 18", frame(std::string("\x00\x12", 2)), false},
       {"type 255", frame(std::string("\x00\xff", 2)), false},
       {"unknown flag", frame(std::string("\x02") + body.substr(1)), false},
       {"fd flag on engine", frame(std::string("\x01") + body.substr(1)), true},
