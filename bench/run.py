@@ -5,6 +5,9 @@
            beside the echo agent on the same runtime as a same-run baseline.
   e2e      wrk -> HAProxy 2.6 (nbthread 1, http-request return) with one NOTIFY per request to
            spoad, as a ratio of req/s to the same HAProxy frontend without SPOE, same run.
+  metrics  the same e2e path with spoad's metrics endpoint on (--metrics, /metrics scraped
+           every second) and off (a second spoad), same HAProxy, interleaved rounds: req/s
+           medians and their ratio.
   memory   RSS of an idle spoad; load time and RSS with 1,000,000 deny prefixes; lookup
            latency from ip-checker-bench.
   reload-haproxy
@@ -199,6 +202,132 @@ agents:
         fig("e2e.without_spoe_p99", statistics.median(x[1] for x in p99s if x[1]), "us")
         fig("e2e.failed_or_non2xx", bad, "", "must be 0")
     finally:
+        env.stop()
+
+
+METRICS_HAPROXY = """
+global
+    nbthread 1
+    tune.bufsize 16384
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend metrics_on
+    bind 127.0.0.1:%(fe_on)d
+    filter spoe engine ip-checker config %(spoe_on)s
+    http-request deny deny_status 403 if { var(txn.iprep.blocked) -m bool }
+    http-request return status 200 content-type text/plain string "ok"
+frontend metrics_off
+    bind 127.0.0.1:%(fe_off)d
+    filter spoe engine ip-checker config %(spoe_off)s
+    http-request deny deny_status 403 if { var(txn.iprep.blocked) -m bool }
+    http-request return status 200 content-type text/plain string "ok"
+backend spoe-on
+    mode tcp
+    timeout connect 1s
+    timeout server 3m
+    server spoad %(agent_on)s
+backend spoe-off
+    mode tcp
+    timeout connect 1s
+    timeout server 3m
+    server spoad %(agent_off)s
+"""
+
+
+def bench_metrics(rounds, seconds):
+    """e2e with the metrics endpoint on (--metrics, scraped every second) and off: two spoad
+    instances (one ip-checker worker each), the same HAProxy, runs interleaved."""
+    import threading
+    import urllib.request
+
+    print("== metrics: wrk -> HAProxy (nbthread 1) -> SPOE -> spoad ip-checker, with --metrics "
+          "and a scraper on /metrics every second, and without, %d interleaved rounds" % rounds)
+    env = harness.Env("bench-metrics")
+    stop = threading.Event()
+    scrapes = {"ok": 0, "failed": 0, "ms": [], "bytes": 0}
+
+    def scraper(addr):
+        next_t = time.monotonic()
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                with urllib.request.urlopen("http://%s/metrics" % addr, timeout=10) as r:
+                    scrapes["bytes"] = len(r.read())
+                scrapes["ok"] += 1
+                scrapes["ms"].append((time.monotonic() - t0) * 1000)
+            except OSError:
+                scrapes["failed"] += 1
+            next_t += 1.0  # the scrape interval: the shape of the load
+            stop.wait(max(0.0, next_t - time.monotonic()))
+
+    try:
+        a_on, a_off, m_port = harness.free_port(), harness.free_port(), harness.free_port()
+        with open(os.path.join(harness.CONFIG_DIR, "spoe-ip-checker.cfg")) as f:
+            spoe = f.read()
+        p = {"fe_on": harness.free_port(), "fe_off": harness.free_port(),
+             "agent_on": "127.0.0.1:%d" % a_on, "agent_off": "127.0.0.1:%d" % a_off,
+             "spoe_on": env.write("spoe-on.cfg", spoe.replace("use-backend spoe-ip-checker",
+                                                              "use-backend spoe-on")),
+             "spoe_off": env.write("spoe-off.cfg", spoe.replace("use-backend spoe-ip-checker",
+                                                                "use-backend spoe-off"))}
+        yaml = """
+agents:
+  - name: iprep
+    type: ip-checker
+    listen: 127.0.0.1:%d
+    deny:
+      - name: bench
+        score: 100
+        entries: [192.0.2.0/24]
+"""
+        m_addr = "127.0.0.1:%d" % m_port
+        env.spoad(env.write("on.yaml", yaml % a_on), args=["-l", "warn", "--metrics", m_addr],
+                  name="spoad-on")
+        env.spoad(env.write("off.yaml", yaml % a_off), args=["-l", "warn"], name="spoad-off")
+        ports = (a_on, a_off, m_port)
+        if not harness.wait_for(lambda: all(harness.port_open(x) for x in ports)):
+            raise RuntimeError(env.dump_logs())
+        env.haproxy(env.write("haproxy.cfg", METRICS_HAPROXY % p))
+        harness.wait_for(lambda: harness.port_open(p["fe_on"]) and harness.port_open(p["fe_off"]))
+        threading.Thread(target=scraper, args=(m_addr,), daemon=True).start()
+        wrk(p["fe_on"], 1, 16)  # warm-up: connections to both agents are open
+        wrk(p["fe_off"], 1, 16)
+        on, off, ratios, bad = [], [], [], 0
+        for i in range(rounds):
+            order = ("on", "off") if i % 2 == 0 else ("off", "on")
+            got = {}
+            for which in order:
+                rps, non2xx, errs, _ = wrk(p["fe_" + which], seconds, 32)
+                got[which] = rps
+                bad += non2xx + errs
+            on.append(got["on"])
+            off.append(got["off"])
+            ratios.append(got["on"] / got["off"] if got["off"] else 0)
+            print("  round %d (%s first): on %d req/s, off %d req/s, ratio %.3f" % (
+                i, order[0], got["on"], got["off"], ratios[-1]), flush=True)
+        stop.set()
+        med = statistics.median
+        fig("metrics.on_req_per_s", int(med(on)), "/s",
+            "--metrics, /metrics scraped every second")
+        fig("metrics.off_req_per_s", int(med(off)), "/s", "baseline, same run")
+        # The headline is the median of the per-round ratios: each compares two runs a few
+        # seconds apart, which a shared machine's load disturbs less than the whole run.
+        fig("metrics.ratio", "%.3f" % med(ratios), "",
+            "median of per-round on/off ratios; target >= 0.97 (%d rounds x %ds; ratio of the "
+            "medians %.3f)" % (rounds, seconds, med(on) / med(off)))
+        fig("metrics.ratio_range", "%.3f-%.3f" % (min(ratios), max(ratios)), "",
+            "per-round ratios, min-max: their spread shows the machine's noise")
+        fig("metrics.scrapes", scrapes["ok"], "", "failed %d; last %d bytes" % (
+            scrapes["failed"], scrapes["bytes"]))
+        if scrapes["ms"]:
+            fig("metrics.scrape_ms_median", "%.2f" % med(scrapes["ms"]), "ms",
+                "max %.2f ms" % max(scrapes["ms"]))
+        fig("metrics.failed_or_non2xx", bad, "", "must be 0")
+    finally:
+        stop.set()
         env.stop()
 
 
@@ -907,14 +1036,15 @@ def bench_mirror_down(rounds, clients=4, pairs=150):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("which", nargs="*",
-                    default=["agent", "e2e", "memory", "reload", "reload-haproxy", "tracing",
-                             "mirror", "mirror-down"])
+                    default=["agent", "e2e", "metrics", "memory", "reload", "reload-haproxy",
+                             "tracing", "mirror", "mirror-down"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     a = ap.parse_args()
     for w in a.which:
         {"agent": lambda: bench_agent(a.rounds, a.seconds),
          "e2e": lambda: bench_e2e(a.rounds, a.seconds),
+         "metrics": lambda: bench_metrics(max(10, a.rounds), a.seconds),
          "memory": bench_memory,
          "reload": lambda: bench_reload(max(10, a.rounds)),
          "reload-haproxy": lambda: bench_reload_haproxy(max(7, a.rounds)),
