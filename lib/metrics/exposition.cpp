@@ -206,6 +206,17 @@ std::string_view content_type(Format f) {
                                    : "text/plain; version=0.0.4; charset=utf-8";
 }
 
+Sample make_sample(std::string_view family, std::string_view help, Type type, double value,
+                   std::string labels) {
+  Sample s;
+  s.family = std::string(family);
+  s.help = std::string(help);
+  s.type = type;
+  s.labels = std::move(labels);
+  s.value = value;
+  return s;
+}
+
 Sample to_sample(const SeriesView& s) {
   Sample out;
   out.family = std::string(s.family);

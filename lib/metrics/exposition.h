@@ -33,6 +33,10 @@ struct Sample {
 // A sample from a series of an arena.
 Sample to_sample(const SeriesView& s);
 
+// A sample made by the master (Role::kValue, Unit::kNone): `labels` rendered (render_labels).
+Sample make_sample(std::string_view family, std::string_view help, Type type, double value,
+                   std::string labels = {});
+
 // Renders label pairs as stored in a Sample: name="value", values escaped (\\ \" \n) and
 // made valid UTF-8 (ill-formed bytes and other control bytes become U+FFFD). Names are assumed
 // valid. At most `max_bytes` bytes: the value that does not fit is cut at a character (never

@@ -32,16 +32,7 @@ constexpr std::string_view kIndex =
     "<html><head><title>spoad</title></head><body><h1>spoad</h1>"
     "<p><a href=\"/metrics\">Metrics</a></p></body></html>\n";
 
-metrics::Sample make_sample(std::string family, std::string help, metrics::Type type, double value,
-                            std::string labels = {}) {
-  metrics::Sample s;
-  s.family = std::move(family);
-  s.help = std::move(help);
-  s.type = type;
-  s.labels = std::move(labels);
-  s.value = value;
-  return s;
-}
+using metrics::make_sample;
 
 }  // namespace
 

@@ -15,16 +15,7 @@ namespace {
 using metrics::Sample;
 using metrics::Type;
 
-Sample make_sample(std::string_view family, std::string_view help, Type type, double value,
-                   std::string labels = {}) {
-  Sample s;
-  s.family = std::string(family);
-  s.help = std::string(help);
-  s.type = type;
-  s.labels = std::move(labels);
-  s.value = value;
-  return s;
-}
+using metrics::make_sample;
 
 // Resident memory of `pid` ("self" for the master) in bytes, from /proc/<pid>/statm; -1 if
 // unreadable (the process just exited).
