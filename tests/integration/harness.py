@@ -18,6 +18,7 @@ import glob
 import http.client
 import os
 import re
+import random
 import shutil
 import signal
 import socket
@@ -61,10 +62,39 @@ GUARD_S = float(os.environ.get("SPOAD_TEST_GUARD", "60"))
 _given_ports = set()
 
 
+def _port_range():
+    """Where free_port() draws from: below the kernel's ephemeral range (ip_local_port_range),
+    so that no outgoing connection (HAProxy to spoad, a client to HAProxy) can take the port
+    between the check and the server's bind, and at random, so that test processes running side
+    by side rarely draw the same one. Ports 20000 up to the ephemeral range's start."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return (20000, low - 1) if low - 1 - 20000 >= 2000 else None
+
+
+_port_rng = random.SystemRandom()
+
+
 def free_port():
     """A TCP port nobody listens on right now (IPv4 loopback), never the same twice in a
-    process: the kernel may hand out a just-released port again, and two listeners with
-    SO_REUSEPORT (HAProxy and spoad both set it) would then silently share it."""
+    process: two listeners with SO_REUSEPORT (HAProxy and spoad both set it) would silently
+    share it. Drawn at random below the ephemeral range (see _port_range), else from the
+    kernel."""
+    rng = _port_range()
+    for _ in range(1000 if rng else 0):
+        port = _port_rng.randint(*rng)
+        if port in _given_ports:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given_ports.add(port)
+        return port
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
