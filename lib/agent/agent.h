@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,6 +29,17 @@ struct Context {
   // Where the agent registers its counters (metrics/arena.h): labelled agent="<name>",
   // type="<agent type>", read by the master for `/metrics`. Default: a private arena.
   metrics::Scope metrics;
+  // Call after the agent's pool state (Agent::pool_state) changed: the worker then sends
+  // pool_state() to the master at once. Set by the worker; empty during `spoad -c` and in
+  // unit tests (then calling it does nothing: check before calling).
+  std::function<void()> pool_state_changed;
+};
+
+// Thrown by a CliCommand's `run` to answer with an error: what() is the whole answer (ending
+// with a newline). A pool-wide command (`@<agent> CMD` on the master CLI) counts the worker as
+// failed; a command to one worker answers what() as is.
+struct CommandError : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 // A command an agent adds to its worker's CLI (`@1 show lists`).
@@ -63,6 +75,18 @@ class Agent {
 
   // Commands the agent adds to its worker's CLI. Default: none.
   virtual std::vector<CliCommand> cli_commands() { return {}; }
+
+  // Pool state: runtime state that every worker of the agent's pool shares and that must
+  // outlive one worker (ip-checker: the entries added on the CLI). The master keeps the latest
+  // copy a worker of the pool sent (Context::pool_state_changed) and gives it to each new
+  // worker of the pool (respawn, reload, takeover) before it serves. The supervisor never
+  // reads it: any bytes, at most 64 MiB (supervisor/messages.h kMaxMessage).
+  // pool_state(): the state now. Default: "" (no state).
+  virtual std::string pool_state() const { return {}; }
+  // Called at most once, after the constructor and before start(), with the last state the
+  // pool sent. Throws std::runtime_error when `bytes` do not decode: the worker logs it and
+  // serves with the agent as constructed.
+  virtual void restore_pool_state(std::string_view bytes) { (void)bytes; }
 };
 
 }  // namespace spoad::agent

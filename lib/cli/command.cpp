@@ -94,9 +94,17 @@ Route parse_route(std::string_view w) {
   }
   std::string_view num = w.substr(1);
   r.kind = Route::Kind::kRelative;
-  if (!num.empty() && num[0] == '!') {
+  if (num[0] == '!') {
     r.kind = Route::Kind::kPid;
     num.remove_prefix(1);
+  } else if (num.find_first_not_of("0123456789") != std::string_view::npos) {
+    // Not all digits: an agent name, as the configuration allows them (config/config.cpp).
+    const bool valid = num.size() <= 64 && num.find_first_not_of(
+                                               "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv"
+                                               "wxyz0123456789_-.") == std::string_view::npos;
+    r.kind = valid ? Route::Kind::kAgent : Route::Kind::kInvalid;
+    if (valid) r.name = std::string(num);
+    return r;
   }
   auto [p, ec] = std::from_chars(num.data(), num.data() + num.size(), r.number);
   if (num.empty() || ec != std::errc() || p != num.data() + num.size() || r.number == 0)

@@ -17,19 +17,23 @@ using Words = std::vector<std::string>;
 std::vector<Words> split_commands(std::string_view line);
 
 // The routing prefix of a master CLI command (management.txt 9.4): the first word "@...".
+// spoad adds "@<agent name>": every live worker of that agent's pool.
 struct Route {
   enum class Kind {
     kNone,      // not a routing word
     kMaster,    // "@", "@0", "@master"
     kRelative,  // "@<relative pid>"
     kPid,       // "@!<pid>"
-    kInvalid,   // "@foo", "@!x": starts with '@' but names nothing
+    kAgent,     // "@<agent name>": 1-64 of A-Z a-z 0-9 _ - . and not all digits
+    kInvalid,   // "@!x", "@!0", "@a/b", a relative pid beyond 64 bits: names nothing
   };
   Kind kind = Kind::kNone;
   uint64_t number = 0;  // the relative pid or the pid
+  std::string name;     // kAgent: the agent name
 };
 
-// Reads a routing word. Returns kNone for words that do not start with '@'.
+// Reads a routing word. Returns kNone for words that do not start with '@'. Whether a kAgent
+// or a kRelative names something that runs is for the master to say.
 Route parse_route(std::string_view word);
 
 // One command of a CLI level, for `help` and for suggestions after an unknown command.

@@ -113,4 +113,45 @@ std::string stat_csv(const std::vector<Fields>& rows) {
   return out;
 }
 
+std::string pool_answer(std::string_view agent, const std::vector<PoolMember>& members,
+                        const std::vector<WorkerAnswer>& answers) {
+  using Status = WorkerAnswer::Status;
+  struct Group {
+    bool ok;
+    std::string text;
+    std::string rels, pids;
+  };
+  std::vector<Group> groups;
+  size_t applied = 0, failed = 0, gone = 0;
+  for (size_t i = 0; i < answers.size() && i < members.size(); ++i) {
+    const WorkerAnswer& a = answers[i];
+    if (a.status == Status::kGone) {
+      ++gone;
+      continue;
+    }
+    const bool ok = a.status == Status::kOk;
+    (ok ? applied : failed) += 1;
+    std::string text = a.status == Status::kNoAnswer ? "No answer from the worker.\n" : a.text;
+    if (!text.empty() && text.back() != '\n') text += '\n';
+    Group* g = nullptr;
+    for (Group& x : groups)
+      if (x.ok == ok && x.text == text) g = &x;
+    if (!g) g = &groups.emplace_back(Group{ok, std::move(text), "", ""});
+    g->rels += (g->rels.empty() ? "" : ",") + std::to_string(members[i].relative_pid);
+    g->pids += (g->pids.empty() ? "" : ",") + std::to_string(members[i].pid);
+  }
+  std::string out;
+  if (groups.size() == 1) {
+    out = groups[0].text;
+  } else {
+    for (const Group& g : groups)
+      out += "# workers " + g.rels + " (pids " + g.pids + "):\n" + g.text;
+  }
+  out += "# " + std::string(agent) + ": applied on " + std::to_string(applied) + " of " +
+         std::to_string(answers.size()) + " workers";
+  if (failed) out += ", failed on " + std::to_string(failed);
+  if (gone) out += ", " + std::to_string(gone) + " gone";
+  return out + "\n";
+}
+
 }  // namespace spoad::cli

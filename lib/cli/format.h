@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -48,5 +49,34 @@ std::string info_json(const Fields& fields, int process_num);
 // `show stat`: CSV with a "# name1,name2,..." header line, one line per row. Each row must
 // have the same fields in the same order; values with ',' or '\n' have them replaced by ' '.
 std::string stat_csv(const std::vector<Fields>& rows);
+
+// What came back from one worker for a routed command.
+struct WorkerAnswer {
+  enum class Status {
+    kOk,        // the command ran: `text` is its answer
+    kFailed,    // it failed (agent::CommandError, unknown command): `text` says why
+    kNoAnswer,  // no answer in time (the worker is stuck)
+    kGone,      // the worker exited, or its channel is closed
+  };
+  Status status = Status::kGone;
+  std::string text;  // bytes as the worker wrote them (kOk, kFailed)
+};
+
+// A worker a pool-wide command (`@<agent> CMD`) was sent to.
+struct PoolMember {
+  int pid = 0;
+  int relative_pid = 0;
+};
+
+// The master's answer to `@<agent> CMD`, from the answers of `members` (same order):
+//   - when every answer (kOk or kFailed, kNoAnswer counting as the failure "No answer from the
+//     worker.") is the same, that text once;
+//   - otherwise each distinct answer once, in the order of its first worker, preceded by
+//     "# workers 1,2 (pids 10,11):" (relative pids and pids of the workers that gave it);
+//   - then "# <agent>: applied on N of M workers", plus ", failed on F" and ", G gone" when
+//     not zero (N: kOk answers, F: kFailed and kNoAnswer, G: kGone, M: all of them).
+// Each answer ends with a newline (one is added where missing).
+std::string pool_answer(std::string_view agent, const std::vector<PoolMember>& members,
+                        const std::vector<WorkerAnswer>& answers);
 
 }  // namespace spoad::cli

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <memory>
 #include <stdexcept>
 #include <string_view>
 #include <utility>
@@ -189,10 +190,14 @@ class MasterCli::Session {
   }
 
   void take_line(std::string_view line) {
+    // Like HAProxy, a blank line still gets an answer in prompt mode: the prompt, once.
+    // Empty commands (";;", a trailing ';') are ignored.
+    if (line.find_first_not_of(" \t\r") == std::string::npos) {
+      if (prompt_) push({});
+      return;
+    }
     for (Words& w : split_commands(line))
-      push(std::move(w));
-    // Like HAProxy, an empty line still gets an answer in prompt mode (the prompt).
-    if (line.find_first_not_of(" \t\r") == std::string::npos && prompt_) push({});
+      if (!w.empty()) push(std::move(w));
   }
 
   void push(Words w) {
@@ -204,7 +209,9 @@ class MasterCli::Session {
   }
 
   std::string prompt_text() {
-    std::string p = target_ ? std::to_string(target_) : std::string("master");
+    std::string p = !target_agent_.empty() ? target_agent_
+                    : target_              ? std::to_string(target_)
+                                           : std::string("master");
     if (!target_ && cli_.backend_.last_reload_failed()) p += "[ReloadFailed]";
     return p + "> ";
   }
@@ -218,12 +225,17 @@ class MasterCli::Session {
   }
 
   void run() {
+    // A command may complete at once (a worker that is gone) and call run() again: the loop
+    // below goes on instead, so that the stack does not grow with the queue.
+    if (running_) return;
+    running_ = true;
     while (!closed_ && !busy_ && !finishing_ && !queue_.empty()) {
       Pending p = std::move(queue_.front());
       queue_.pop_front();
       queued_bytes_ -= p.cost;
       execute(std::move(p.words));
     }
+    running_ = false;
     if (closed_ || busy_) return;
     if (!last_words_.empty()) {
       write(std::exchange(last_words_, std::string()));
@@ -234,37 +246,56 @@ class MasterCli::Session {
   }
 
   void execute(Words w) {
+    if (w.empty()) {  // a blank line in prompt mode, whatever the target: the prompt
+      if (prompt_) write(prompt_text());
+      return;
+    }
     int target = target_;
-    if (!w.empty()) {
-      const Route r = parse_route(w[0]);
-      if (r.kind != Route::Kind::kNone) {
-        int pid = 0;
-        if (r.kind == Route::Kind::kRelative) pid = cli_.backend_.worker_by_relative_pid(r.number);
-        if (r.kind == Route::Kind::kPid && cli_.backend_.is_worker(r.number))
-          pid = static_cast<int>(r.number);
-        if (r.kind == Route::Kind::kInvalid || (r.kind != Route::Kind::kMaster && pid == 0)) {
-          write("Can't find the target PID matching the prefix '" + util::printable(w[0], 64) +
-                "'\n");
+    std::string agent = target_agent_;
+    const Route r = parse_route(w[0]);
+    if (r.kind != Route::Kind::kNone) {
+      int pid = 0;
+      agent.clear();
+      if (r.kind == Route::Kind::kRelative) pid = cli_.backend_.worker_by_relative_pid(r.number);
+      if (r.kind == Route::Kind::kPid && cli_.backend_.is_worker(r.number))
+        pid = static_cast<int>(r.number);
+      if (r.kind == Route::Kind::kAgent) {
+        std::vector<PoolMember> members;
+        if (!cli_.backend_.agent_workers(r.name, &members)) {
+          write(no_agent(r.name));
           finish();
           return;
         }
-        w.erase(w.begin());
-        if (w.empty()) {  // "@N" alone: the target of the next commands
-          target_ = pid;
-          if (prompt_) write(prompt_text());
-          return;
-        }
-        target = pid;
+        agent = r.name;
+      } else if (r.kind == Route::Kind::kInvalid || (r.kind != Route::Kind::kMaster && pid == 0)) {
+        write("Can't find the target PID matching the prefix '" + util::printable(w[0], 64) +
+              "'\n");
+        finish();
+        return;
       }
+      w.erase(w.begin());
+      if (w.empty()) {  // "@N" or "@<agent>" alone: the target of the next commands
+        target_ = pid;
+        target_agent_ = agent;
+        if (prompt_) write(prompt_text());
+        return;
+      }
+      target = pid;
+    }
+    if (!agent.empty()) {
+      pool_command(agent, w);
+      return;
     }
     if (target != 0) {
       busy_ = true;
       ++refs_;
       // The words as parsed here reach the worker unchanged: nothing is joined or split again.
-      cli_.backend_.worker_command(target, w, [this](bool ok, std::string out) {
+      cli_.backend_.worker_command(target, w, [this](WorkerAnswer a) {
         busy_ = false;
         if (!closed_) {
-          answer(ok ? out : std::string("Can't connect to the target CLI!\n"));
+          const bool answered =
+              a.status == WorkerAnswer::Status::kOk || a.status == WorkerAnswer::Status::kFailed;
+          answer(answered ? a.text : std::string("Can't connect to the target CLI!\n"));
           run();
         }
         unref();
@@ -274,11 +305,49 @@ class MasterCli::Session {
     master_command(w);
   }
 
-  void master_command(const Words& w) {
-    if (w.empty()) {
-      if (prompt_) write(prompt_text());
+  static std::string no_agent(const std::string& name) {
+    return "Can't find the target agent matching the prefix '@" + util::printable(name, 64) + "'\n";
+  }
+
+  // `@<agent> CMD`: CMD to every live worker of the pool at once; one answer once all are in
+  // (pool_answer). Each worker's answer is bounded by the master's CLI timeout.
+  void pool_command(const std::string& agent, const Words& w) {
+    struct Call {
+      std::string agent;
+      std::vector<PoolMember> members;
+      std::vector<WorkerAnswer> answers;
+      size_t left = 0;
+    };
+    auto call = std::make_shared<Call>();
+    call->agent = agent;
+    if (!cli_.backend_.agent_workers(agent, &call->members)) {
+      // The sticky target's agent left the configuration (a reload) and its workers exited.
+      answer(no_agent(agent));
       return;
     }
+    call->answers.resize(call->members.size());
+    call->left = call->members.size() + 1;  // + 1: ours, dropped once every command is sent
+    busy_ = true;
+    ++refs_;
+    auto one_done = [this, call] {
+      if (--call->left > 0) return;
+      busy_ = false;
+      if (!closed_) {
+        answer(pool_answer(call->agent, call->members, call->answers));
+        run();
+      }
+      unref();
+    };
+    for (size_t i = 0; i < call->members.size(); ++i)
+      cli_.backend_.worker_command(call->members[i].pid, w, [call, i, one_done](WorkerAnswer a) {
+        call->answers[i] = std::move(a);
+        one_done();
+      });
+    ++cli_.stats_.pool_commands;
+    one_done();
+  }
+
+  void master_command(const Words& w) {  // `w` is not empty
     if (w[0] == "quit") {
       finish();
       return;
@@ -394,10 +463,12 @@ class MasterCli::Session {
   char rbuf_[4096];
   std::string in_;  // received, not yet split into commands: at most max_line + one read
   std::deque<Pending> queue_;
-  size_t queued_bytes_ = 0;  // the costs of queue_
-  std::string last_words_;   // a budget's error line, written once nothing is in flight
-  int target_ = 0;           // 0: the master; else a worker pid
+  size_t queued_bytes_ = 0;   // the costs of queue_
+  std::string last_words_;    // a budget's error line, written once nothing is in flight
+  int target_ = 0;            // 0: the master; else a worker pid
+  std::string target_agent_;  // not empty: the pool of this agent is the target
   bool prompt_ = false;
+  bool running_ = false;  // in run()
   bool busy_ = false;
   bool eof_ = false;
   bool finishing_ = false;
@@ -413,6 +484,10 @@ const std::vector<CommandInfo>& MasterCli::commands() {
       {{"@<relative pid>"},
        usage_line("@<relative pid>", "send a command to the <relative pid> process")},
       {{"@!<pid>"}, usage_line("@!<pid>", "send a command to the <pid> process")},
+      {{"@<agent name>"},
+       usage_line("@<agent name>",
+                  "send a command to every worker of that agent; one answer, with how many "
+                  "applied it")},
       {{"@master"}, usage_line("@master", "send a command to the master process")},
       {{"reload"}, usage_line("reload", "reload spoad: new workers, then soft-stop the old ones")},
       {{"show", "proc"}, usage_line("show proc", "show processes status")},
@@ -450,6 +525,7 @@ Fields MasterCli::info() {
   f.emplace_back("CliQueueFull", stats_.queue_full);
   f.emplace_back("CliSlowReaders", stats_.slow_readers);
   f.emplace_back("CliIdleTimeouts", stats_.idle_timeouts);
+  f.emplace_back("CliPoolCommands", stats_.pool_commands);
   return f;
 }
 
@@ -463,6 +539,7 @@ Fields MasterCli::stat_row() {
       {"cli_queue_full", stats_.queue_full},
       {"cli_slow_readers", stats_.slow_readers},
       {"cli_idle_timeouts", stats_.idle_timeouts},
+      {"cli_pool_commands", stats_.pool_commands},
   };
 }
 

@@ -1,7 +1,10 @@
 // The master CLI: a Unix socket in the style of HAProxy's master CLI (management.txt 9.4),
 // used with socat. It runs the master's own commands (help, prompt, quit, show version,
 // reload, show proc) and routes the others to workers: `@<relative pid> CMD`, `@!<pid> CMD`,
-// `@master CMD`, or `@N` alone to change the target of the next commands.
+// `@master CMD`, or `@N` alone to change the target of the next commands. spoad adds
+// `@<agent name> CMD` (and `@<agent name>` alone): CMD runs on every live worker of that
+// agent's pool, every generation (old ones draining, new ones starting) and the answers are
+// gathered into one (cli/format.h, pool_answer).
 //
 // Each client is served asynchronously: a slow or stuck client never stalls the master, the
 // workers, or other clients. At most kMaxClients are served at once; the others wait in the
@@ -48,11 +51,16 @@ class MasterBackend {
   virtual int worker_by_relative_pid(uint64_t relative_pid) = 0;
   // True if `pid` is a worker (current or old).
   virtual bool is_worker(uint64_t pid) = 0;
+  // The live workers of the agent named `name`: every generation, starting and stopping ones
+  // included, by generation then relative pid. Returns false when no configuration in use and
+  // no worker has an agent of that name (`out` is then empty).
+  virtual bool agent_workers(const std::string& name, std::vector<PoolMember>* out) = 0;
   // Runs the command `words` (as the CLI parsed them, routing prefix removed) in worker `pid`;
-  // `done` receives its output, bytes as the worker wrote them (ok false if the worker is
-  // gone: the CLI then answers "Can't connect to the target CLI!").
+  // `done` receives its answer: kGone, from within this call, when the worker is gone;
+  // otherwise later, from the loop (kOk, kFailed; kNoAnswer after a timeout; kGone if the
+  // worker exits first).
   virtual void worker_command(int pid, const Words& words,
-                              std::function<void(bool ok, std::string)> done) = 0;
+                              std::function<void(WorkerAnswer)> done) = 0;
   // True when the last reload failed (the prompt then reads "master[ReloadFailed]> ").
   virtual bool last_reload_failed() = 0;
   // The metrics of the whole process tree, live workers and exited ones summed per agent, in
@@ -82,6 +90,7 @@ class MasterCli {
     uint64_t queue_full = 0;     // clients closed for more than max_queued bytes pending
     uint64_t slow_readers = 0;   // clients closed for more than kMaxPendingOutput unread
     uint64_t idle_timeouts = 0;  // clients closed after kIdleTimeoutMs of silence
+    uint64_t pool_commands = 0;  // `@<agent> CMD` sent to a pool (counted once sent)
   };
 
   MasterCli(uv_loop_t* loop, MasterBackend& backend, Limits limits);

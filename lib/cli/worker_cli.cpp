@@ -156,28 +156,34 @@ nlohmann::json WorkerCli::stat_json() const {
   return out;
 }
 
-std::string WorkerCli::execute(const Words& w) {
-  if (w.empty()) return "";
-  if (w[0] == "help") return help_message(commands());
+WorkerCli::Result WorkerCli::run(const Words& w) {
+  if (w.empty()) return {};
+  if (w[0] == "help") return {true, help_message(commands())};
   if (w.size() >= 2 && w[0] == "show" && w[1] == "info") {
-    if (w.size() >= 3 && w[2] == "json") return info_json(info(), id_.relative_pid);
-    return info_text(info());
+    if (w.size() >= 3 && w[2] == "json") return {true, info_json(info(), id_.relative_pid)};
+    return {true, info_text(info())};
   }
   if (w.size() >= 2 && w[0] == "show" && w[1] == "stat") {
     if (w.size() >= 3 && w[2] == "json")  // agents' counters may hold outside bytes
-      return stat_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-    return stat_csv(stat());
+      return {true,
+              stat_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"};
+    return {true, stat_csv(stat())};
   }
-  if (w.size() == 2 && w[0] == "show" && w[1] == "version") return id_.version + "\n";
+  if (w.size() == 2 && w[0] == "show" && w[1] == "version") return {true, id_.version + "\n"};
   for (const auto& s : worker_.servers())
     for (const agent::CliCommand& ac : s->agent().cli_commands()) {
       const Words name = split_commands(ac.name)[0];
       if (!matches({name, ""}, w)) continue;
-      std::string out = ac.run(Words(w.begin() + static_cast<long>(name.size()), w.end()));
-      if (!out.empty() && out.back() != '\n') out += '\n';
-      return out;
+      Result r;
+      try {
+        r.text = ac.run(Words(w.begin() + static_cast<long>(name.size()), w.end()));
+      } catch (const agent::CommandError& e) {
+        r = {false, e.what()};
+      }
+      if (!r.text.empty() && r.text.back() != '\n') r.text += '\n';
+      return r;
     }
-  return unknown_command_message(commands(), w);
+  return {false, unknown_command_message(commands(), w)};
 }
 
 }  // namespace spoad::cli

@@ -24,9 +24,16 @@ class WorkerCli {
  public:
   WorkerCli(runtime::Worker& worker, WorkerIdentity id);
 
-  // Runs one command (already split into words) and returns its output, which ends with a
-  // newline unless empty. Unknown commands get HAProxy's usage message.
-  std::string execute(const Words& words);
+  struct Result {
+    bool ok = true;  // false: the command failed (agent::CommandError) or is unknown
+    std::string text;
+  };
+  // Runs one command (already split into words). Its output ends with a newline unless empty.
+  // Unknown commands get HAProxy's usage message (ok false); a command that throws
+  // agent::CommandError answers its what() (ok false). Other exceptions pass through.
+  Result run(const Words& words);
+  // run(words).text.
+  std::string execute(const Words& words) { return run(words).text; }
 
   // `show info` fields, in order (Name, Version, Pid, Agent, ... CumErrors, ...).
   Fields info() const;

@@ -201,6 +201,11 @@ Config parse_config(const std::string& text, const std::string& file_name) {
     auto name = a.str("name");
     if (!name) a.fail("", "missing key \"name\"");
     if (!valid_name(*name)) a.fail("name", "use 1-64 characters among A-Z a-z 0-9 _ - .");
+    // The master CLI routes "@<agent name>": a name must not read as "@<relative pid>" or
+    // "@master" (cli/command.h).
+    if (*name == "master" || name->find_first_not_of("0123456789") == std::string::npos)
+      a.fail("name", "\"" + *name + "\" is reserved: the master CLI reads @" + *name +
+                         " as a process; use a name that is not all digits nor \"master\"");
     if (!names.insert(*name).second) a.fail("name", "duplicate agent name \"" + *name + "\"");
     ac.name = *name;
 

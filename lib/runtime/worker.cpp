@@ -1,6 +1,7 @@
 #include "runtime/worker.h"
 
 #include "agent/registry.h"
+#include "util/escape.h"
 #include "util/log.h"
 
 namespace spoad::runtime {
@@ -25,7 +26,26 @@ void Worker::start(const std::vector<std::vector<int>>& fds) {
     ctx.loop = loop_;
     ctx.log = util::make_logger(ac.name);
     ctx.metrics = metrics::Scope(arena_, ac.name, ac.type);
+    ctx.pool_state_changed = [this, i] {
+      // servers_[i] exists once the constructor returned; a call from it is ignored.
+      if (pool_state_cb_ && i < servers_.size()) pool_state_cb_(*servers_[i]);
+    };
+    metrics::Counter restore_failures =
+        ctx.metrics.counter("spoad_pool_state_restore_failures_total",
+                            "Pool states the agent could not restore at start (it then serves "
+                            "as configured).");
     std::unique_ptr<agent::Agent> a = ac.agent_type->create(ctx, *ac.options);
+    if (auto it = pool_states_.find(ac.name); it != pool_states_.end() && !it->second.empty()) {
+      try {
+        a->restore_pool_state(it->second);
+        ctx.log->info("pool state restored ({} bytes)", it->second.size());
+      } catch (const std::exception& e) {
+        ++restore_failures;
+        ctx.log->error("cannot restore the pool state ({} bytes): {}; serving without it",
+                       it->second.size(), util::printable(e.what(), 1024));
+      }
+      pool_states_.erase(it);
+    }
     // Kept in servers_ before listen(): if it throws, hard_stop() closes the handles it made.
     servers_.push_back(std::make_unique<Server>(loop_, ac, std::move(a), ctx.log, ctx.metrics));
     Server& s = *servers_.back();

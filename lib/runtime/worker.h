@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_set>
@@ -27,6 +28,18 @@ class Worker {
   Worker(uv_loop_t* loop, std::vector<config::AgentConfig> agents,
          std::shared_ptr<metrics::Arena> arena = nullptr);
   ~Worker();
+
+  // Pool states (agent/agent.h), before start(): `states` maps an agent name to the state its
+  // pool last sent. start() gives each agent its own (restore_pool_state, when not empty)
+  // after constructing it and before it starts or accepts a connection. A restore that throws
+  // is logged and counted (spoad_pool_state_restore_failures_total); the agent then serves as
+  // constructed.
+  void set_pool_states(std::map<std::string, std::string> states) {
+    pool_states_ = std::move(states);
+  }
+  // `fn(server)` runs when the agent of `server` calls Context::pool_state_changed. Without
+  // it, such calls do nothing.
+  void set_pool_state_callback(std::function<void(Server&)> fn) { pool_state_cb_ = std::move(fn); }
 
   // Builds each agent and starts listening. `fds[i]`, if given and not empty, holds the
   // already-listening sockets for agents[i] (Server::listen); else the server binds itself.
@@ -59,6 +72,8 @@ class Worker {
   std::vector<config::AgentConfig> agents_;
   std::shared_ptr<metrics::Arena> arena_;
   std::vector<std::unique_ptr<Server>> servers_;
+  std::map<std::string, std::string> pool_states_;  // agent name -> state, until start()
+  std::function<void(Server&)> pool_state_cb_;
   uv_timer_t grace_timer_;
   bool grace_armed_ = false;
   bool stopping_ = false;

@@ -4,11 +4,12 @@
 // handed from an old worker to a new one (SCM_RIGHTS, attached to Handoff and Adopt frames).
 // The same channel carries a takeover between two masters (supervisor/takeover.h).
 //
-//   master -> worker  Listen, Init, CliRequest, SoftStop, HandOver, Adopt (+ socket),
-//                     HandoffAck
-//   worker -> master  Ready, Error, CliReply, Handoff (+ socket), Engine
-//   takeover          Takeover, Listener (+ socket), Listeners, Serving, Adopt (+ socket),
-//                     HandoffAck
+//   master -> worker  Listen, Metrics, PoolState, Init, CliRequest, SoftStop, HandOver,
+//                     Adopt (+ socket), HandoffAck
+//   worker -> master  Ready, Error, CliResult (CliReply from older workers), PoolState,
+//                     Handoff (+ socket), Engine
+//   takeover          Takeover, PoolState, Listener (+ socket), Listeners, Serving,
+//                     Adopt (+ socket), HandoffAck
 //
 // Every field is bytes: no content (invalid UTF-8, NUL, control bytes) can make either end
 // throw. A frame that does not decode is logged and skipped (its socket, if any, closed); a

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "cli/format.h"
 #include "runtime/listener.h"
@@ -104,7 +106,7 @@ struct Master::Proc {
   bool handle_closed = false;
   struct CliCall {
     uint64_t deadline_ms;
-    std::function<void(bool, std::string)> done;
+    std::function<void(cli::WorkerAnswer)> done;
   };
   std::map<uint64_t, CliCall> cli;
 };
@@ -243,6 +245,13 @@ void Master::take_over_at_start() {
         p.why);
     return;
   }
+  for (auto& [name, state] : p.pool_states) {
+    PoolStateEntry& e = pool_states_[name];
+    e.state = std::move(state);
+    ++e.updates;
+  }
+  if (!p.pool_states.empty())
+    log->info("took {} pool state(s) from spoad pid {}", p.pool_states.size(), p.pid);
   size_t taken = 0;
   for (auto& sock : p.sockets)
     taken += listeners_.adopt(cfg_, sock.address, sock.slot, sock.fd, sock.inode) ? 1 : 0;
@@ -391,8 +400,13 @@ Master::Proc* Master::spawn(Slot& s) {
   init.generation = g.id;
   init.listen_fd = listen.fds.empty() ? -1 : 4;  // for a worker binary older than Listen
   init.log_level = opts_.log_level;
+  // The pool's state, before Init: the worker restores it before it serves. Always sent, ""
+  // when there is none: it also tells the worker that we read CliResult and PoolState.
+  msg::PoolState state{ac.name, {}};
+  if (auto it = pool_states_.find(ac.name); it != pool_states_.end())
+    state.state = it->second.state;
   if (raw->ch && (!raw->ch->send(listen) || (metrics_fd.fd >= 0 && !raw->ch->send(metrics_fd)) ||
-                  !raw->ch->send(init)))
+                  !raw->ch->send(state) || !raw->ch->send(init)))
     g.errors += "cannot send the configuration to worker " + std::to_string(raw->pid) + "\n";
   s.proc = raw;
   procs_.push_back(std::move(p));
@@ -425,15 +439,40 @@ void Master::on_message(Proc* p, msg::Message&& m, int fd) {
     check_generation(*p->gen);
   } else if (auto* err = std::get_if<msg::Error>(&m)) {
     p->gen->errors += err->message + "\n";
-  } else if (auto* c = std::get_if<msg::CliReply>(&m)) {
-    auto it = p->cli.find(c->id);
-    if (it == p->cli.end()) return;
-    auto done = std::move(it->second.done);
-    p->cli.erase(it);
-    done(true, std::move(c->output));
+  } else if (auto* r = std::get_if<msg::CliResult>(&m)) {
+    cli_answer(p, r->id,
+               {r->ok ? cli::WorkerAnswer::Status::kOk : cli::WorkerAnswer::Status::kFailed,
+                std::move(r->text)});
+  } else if (auto* c = std::get_if<msg::CliReply>(&m)) {  // from an older worker
+    cli_answer(p, c->id, {cli::WorkerAnswer::Status::kOk, std::move(c->output)});
+  } else if (auto* ps = std::get_if<msg::PoolState>(&m)) {
+    pool_state(p, std::move(*ps));
   } else {
     mlog()->warn("worker {} sent an unexpected {} message: ignored", p->pid, msg::name(m));
   }
+}
+
+void Master::cli_answer(Proc* p, uint64_t id, cli::WorkerAnswer a) {
+  auto it = p->cli.find(id);
+  if (it == p->cli.end()) return;  // answered too late: the CLI already said so
+  auto done = std::move(it->second.done);
+  p->cli.erase(it);
+  done(std::move(a));
+}
+
+void Master::pool_state(Proc* p, msg::PoolState&& ps) {
+  // A worker speaks for its own pool only: the map holds configured agent names alone.
+  const std::string& name = p->gen->cfg.agents[p->agent].name;
+  if (ps.agent != name) {
+    if (pool_state_log_.allow(uv_now(loop_)))
+      mlog()->warn("worker {} of {} sent the pool state of {}: ignored", p->pid, name,
+                   util::printable(ps.agent, 64));
+    return;
+  }
+  PoolStateEntry& e = pool_states_[name];
+  e.state = std::move(ps.state);
+  ++e.updates;
+  mlog()->debug("pool state of {} from worker {}: {} bytes", name, p->pid, e.state.size());
 }
 
 void Master::hand_off(msg::Handoff&& h, int fd) {
@@ -493,7 +532,7 @@ void Master::on_exit(Proc* p, int64_t status, int signal) {
   auto calls = std::move(p->cli);
   p->cli.clear();
   for (auto& [id, call] : calls)
-    call.done(false, "");
+    call.done({cli::WorkerAnswer::Status::kGone, {}});
   Generation& g = *p->gen;
   Slot* s = p->slot;
   if (s && s->proc == p) s->proc = nullptr;
@@ -668,6 +707,12 @@ void Master::on_successor(int fd, int pid) {
 void Master::on_successor_message(msg::Message&& m, int fd) {
   if (fd >= 0) ::close(fd);
   if (std::holds_alternative<msg::Takeover>(m)) {
+    // The pools' states first: the successor's first workers start with them.
+    size_t states = 0;
+    for (const auto& [name, e] : pool_states_)
+      if (!e.state.empty()) states += successor_->send(msg::PoolState{name, e.state}) ? 1 : 0;
+    if (states)
+      mlog()->info("takeover: giving {} pool state(s) to spoad pid {}", states, successor_pid_);
     const auto& socks = listeners_.sockets();
     mlog()->info("takeover: giving {} listening sockets to spoad pid {}", socks.size(),
                  successor_pid_);
@@ -771,7 +816,7 @@ void Master::on_tick(uv_timer_t* t) {
       }
       auto done = std::move(it->second.done);
       it = p->cli.erase(it);
-      done(false, "");
+      done({cli::WorkerAnswer::Status::kNoAnswer, {}});
     }
   }
 }
@@ -861,6 +906,9 @@ cli::Fields Master::info() {
     else if (p->leaving)
       ++old_workers;
   }
+  uint64_t pool_state_bytes = 0;
+  for (const auto& [name, e] : pool_states_)
+    pool_state_bytes += e.state.size();
   const uint64_t up = wall_s() - start_time_s_;
   return {
       {"Name", "spoad"},
@@ -875,6 +923,8 @@ cli::Fields Master::info() {
       {"Workers", workers},
       {"OldWorkers", old_workers},
       {"Respawns", crashes_},
+      {"PoolStates", pool_states_.size()},
+      {"PoolStateBytes", pool_state_bytes},
   };
 }
 
@@ -919,6 +969,18 @@ std::string Master::render_metrics(metrics::Format f) {
     procs.push_back(std::move(v));
   }
   std::vector<metrics::Sample> samples = metrics_view_.samples(m, procs, monotonic_ms());
+  for (const auto& [name, e] : pool_states_) {
+    const std::string labels = metrics::render_labels({{"agent", name}});
+    samples.push_back(metrics::make_sample(
+        "spoad_pool_state_bytes",
+        "Size of the pool state the master keeps for the agent (given to its new workers).",
+        metrics::Type::kGauge, static_cast<double>(e.state.size()), labels));
+    samples.push_back(metrics::make_sample("spoad_pool_state_updates_total",
+                                           "Pool states the master received from the agent's "
+                                           "workers (or from the spoad it took over from).",
+                                           metrics::Type::kCounter, static_cast<double>(e.updates),
+                                           labels));
+  }
   if (metrics_http_) metrics_http_->append_samples(samples);
   return metrics::render(samples, f);
 }
@@ -945,16 +1007,44 @@ bool Master::is_worker(uint64_t pid) {
   return find_pid(static_cast<int>(pid)) != nullptr;
 }
 
+bool Master::agent_workers(const std::string& name, std::vector<cli::PoolMember>* out) {
+  bool known = false;
+  auto configured = [&](const config::Config& c) {
+    for (const auto& a : c.agents)
+      known |= a.name == name;
+  };
+  configured(cfg_);
+  if (next_) configured(next_->cfg);
+  struct Member {
+    int generation, relative_pid, pid;
+  };
+  std::vector<Member> found;
+  for (auto& p : procs_) {
+    if (p->exited || p->pid == 0 || p->gen->cfg.agents[p->agent].name != name) continue;
+    known = true;
+    if (p->ch) found.push_back({p->gen->id, p->relative_pid, p->pid});
+  }
+  std::sort(found.begin(), found.end(), [](const Member& a, const Member& b) {
+    return std::tie(a.generation, a.relative_pid, a.pid) <
+           std::tie(b.generation, b.relative_pid, b.pid);
+  });
+  out->clear();
+  for (const Member& m : found)
+    out->push_back({m.pid, m.relative_pid});
+  return known;
+}
+
 void Master::worker_command(int pid, const cli::Words& words,
-                            std::function<void(bool, std::string)> done) {
+                            std::function<void(cli::WorkerAnswer)> done) {
+  // A worker still starting is asked too: the channel is ordered, the command runs after Init.
   Proc* p = find_pid(pid);
-  if (!p || !p->ch || !p->ready) {
-    done(false, "");
+  if (!p || !p->ch) {
+    done({cli::WorkerAnswer::Status::kGone, {}});
     return;
   }
   const uint64_t id = next_cli_id_++;
   if (!p->ch->send(msg::CliRequest{id, words})) {
-    done(false, "");
+    done({cli::WorkerAnswer::Status::kGone, {}});
     return;
   }
   p->cli[id] = {uv_now(loop_) + kCliTimeoutMs, std::move(done)};

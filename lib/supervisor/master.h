@@ -21,6 +21,12 @@
 // instance: at start, before binding, take the predecessor's sockets (bind only what is
 // missing), serve, say so, and adopt the connections it forwards as from an old generation.
 //
+// Pool state (agent/agent.h, Agent::pool_state): the master keeps the latest state a worker of
+// each agent sent (PoolState, by agent name, across reloads) and gives it to every new worker
+// of that agent before its Init (respawn, reload), so that it serves with it from its first
+// connection; a successor gets them all in a takeover, before the listening sockets. The
+// master never reads them. Without a takeover they are lost when the master stops.
+//
 // Metrics: the master creates each worker's metrics arena (a memfd, metrics/arena.h) and keeps
 // it mapped read-only; `/metrics` (supervisor/metrics_http.h) and the master CLI's `show stat`
 // read every live arena in place and the totals of the exited workers (metrics_view.h).
@@ -51,6 +57,7 @@
 #include "supervisor/metrics_http.h"
 #include "supervisor/metrics_view.h"
 #include "supervisor/takeover.h"
+#include "util/rate_limit.h"
 
 namespace spoad::supervisor {
 
@@ -85,8 +92,9 @@ class Master : public cli::MasterBackend {
   void reload(std::function<void(std::string)> done) override;
   int worker_by_relative_pid(uint64_t relative_pid) override;
   bool is_worker(uint64_t pid) override;
+  bool agent_workers(const std::string& name, std::vector<cli::PoolMember>* out) override;
   void worker_command(int pid, const cli::Words& words,
-                      std::function<void(bool, std::string)> done) override;
+                      std::function<void(cli::WorkerAnswer)> done) override;
   bool last_reload_failed() override { return last_reload_failed_; }
   std::string metrics_exposition() override;
 
@@ -102,6 +110,8 @@ class Master : public cli::MasterBackend {
   Proc* spawn(Slot& s);
   void on_exit(Proc* p, int64_t status, int signal);
   void on_message(Proc* p, msg::Message&& m, int fd);
+  void cli_answer(Proc* p, uint64_t id, cli::WorkerAnswer a);
+  void pool_state(Proc* p, msg::PoolState&& ps);
   void hand_off(msg::Handoff&& h, int fd);
   void check_generation(Generation& g);
   void generation_ready(Generation& g);
@@ -181,6 +191,14 @@ class Master : public cli::MasterBackend {
   uint64_t ack_deadline_ms_ = 0;
   Channel* predecessor_ = nullptr;  // the spoad we took the sockets from
   int64_t predecessor_pid_ = 0;
+
+  // Pool states by agent name (the latest each pool sent), and how many were received.
+  struct PoolStateEntry {
+    std::string state;
+    uint64_t updates = 0;
+  };
+  std::map<std::string, PoolStateEntry> pool_states_;
+  util::RateLimiter pool_state_log_{5};
 
   // Metrics (metrics_view.h, metrics_http.h).
   MetricsView metrics_view_;

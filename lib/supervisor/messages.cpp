@@ -113,6 +113,15 @@ struct Writer {
   }
   void fields(const Serving& m) { sint(m.pid); }
   void fields(const Metrics& m) { sint(m.fd); }
+  void fields(const CliResult& m) {
+    varint(m.id);
+    boolean(m.ok);
+    bytes(m.text);
+  }
+  void fields(const PoolState& m) {
+    bytes(m.agent);
+    bytes(m.state);
+  }
 };
 
 // ---- reading --------------------------------------------------------------------------------
@@ -258,6 +267,15 @@ struct Reader {
   }
   void fields(Serving& m) { m.pid = sint(); }
   void fields(Metrics& m) { m.fd = sint(); }
+  void fields(CliResult& m) {
+    m.id = varint();
+    m.ok = boolean();
+    m.text = bytes();
+  }
+  void fields(PoolState& m) {
+    m.agent = bytes();
+    m.state = bytes();
+  }
 };
 
 // The wire type of each alternative: its index in Message + 1.
@@ -283,9 +301,9 @@ bool read_as(uint8_t type, Reader& r, Message& out) {
 
 const char* name(const Message& m) {
   static const char* const names[] = {
-      "init",     "cli-request", "soft-stop", "hand-over", "adopt",  "handoff-ack",
-      "ready",    "error",       "cli-reply", "handoff",   "engine", "listen",
-      "takeover", "listener",    "listeners", "serving",   "metrics"};
+      "init",      "cli-request", "soft-stop", "hand-over",  "adopt",     "handoff-ack", "ready",
+      "error",     "cli-reply",   "handoff",   "engine",     "listen",    "takeover",    "listener",
+      "listeners", "serving",     "metrics",   "cli-result", "pool-state"};
   static_assert(std::size(names) == std::variant_size_v<Message>);
   return names[m.index()];
 }

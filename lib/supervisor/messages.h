@@ -7,7 +7,7 @@
 //   u32 length   big-endian, bytes after these 4, 2..kMaxMessage
 //   u8  flags    bit 0: a socket travels with this frame (SCM_RIGHTS); set for exactly the
 //                types that carry one (Adopt, Handoff, Listener); other bits are 0
-//   u8  type     the alternative's index in Message + 1 (Init = 1 ... Metrics = 17). A reload
+//   u8  type     the alternative's index in Message + 1 (Init = 1 ... PoolState = 19). A reload
 //                may run a newer binary beside an older master, and a takeover an older
 //                predecessor: only append new types, never change an existing one.
 //   fields       in declaration order: integers as LEB128 varints (signed ones zigzag-encoded
@@ -111,7 +111,8 @@ struct Listen {  // sent before Init: the inherited listening sockets (fd number
 // ---- takeover: a new spoad (successor) <-> the one it replaces (predecessor) -----------------
 // On the predecessor's takeover socket (supervisor/takeover.h), in this order:
 //   successor -> predecessor  Takeover
-//   predecessor -> successor  Listener (+ socket) per listening socket, then Listeners
+//   predecessor -> successor  PoolState per agent with a pool state, Listener (+ socket) per
+//                             listening socket, then Listeners
 //   successor -> predecessor  Serving, once its workers serve and it has published
 //   predecessor -> successor  Adopt (+ socket) per connection its workers hand off
 //   successor -> predecessor  HandoffAck per Adopt read
@@ -148,9 +149,38 @@ struct Metrics {
   bool operator==(const Metrics&) const = default;
 };
 
-using Message =
-    std::variant<Init, CliRequest, SoftStop, HandOver, Adopt, HandoffAck, Ready, Error, CliReply,
-                 Handoff, Engine, Listen, Takeover, Listener, Listeners, Serving, Metrics>;
+// ---- worker -> master, appended -----------------------------------------------------------
+// The answer to CliRequest `id`, replacing CliReply: `ok` is false when the command failed
+// (agent::CommandError, an unknown command, an internal error); `text` is the answer either
+// way. A worker sends it only to a master that sent it a PoolState before Init (a master that
+// reads both new types); to an older master it sends CliReply. The master takes a CliReply as
+// ok = true.
+struct CliResult {
+  uint64_t id = 0;
+  bool ok = true;
+  std::string text;
+  bool operator==(const CliResult&) const = default;
+};
+
+// ---- both directions, appended ------------------------------------------------------------
+// The pool state of agent `agent` (agent/agent.h, Agent::pool_state): any bytes, "" for none.
+//   worker -> master  at once when the agent calls Context::pool_state_changed (before the
+//                     CliResult of the command that changed it: the channel is ordered); the
+//                     master keeps the latest per agent name
+//   master -> worker  exactly one, before Init (after Listen and Metrics): the state the master
+//                     keeps for the worker's agent, "" if none. It also tells the worker that
+//                     its master reads CliResult and PoolState
+//   takeover          predecessor -> successor, one per agent with a non-empty state, before
+//                     Listeners
+struct PoolState {
+  std::string agent;
+  std::string state;
+  bool operator==(const PoolState&) const = default;
+};
+
+using Message = std::variant<Init, CliRequest, SoftStop, HandOver, Adopt, HandoffAck, Ready, Error,
+                             CliReply, Handoff, Engine, Listen, Takeover, Listener, Listeners,
+                             Serving, Metrics, CliResult, PoolState>;
 
 // The message's name, for logs ("init", "cli-request", ...).
 const char* name(const Message& m);

@@ -62,6 +62,7 @@ Predecessor take_over(const std::string& path, uint64_t timeout_ms) {
     for (const auto& s : out.sockets)
       ::close(s.fd);
     out.sockets.clear();
+    out.pool_states.clear();
     for (int fd : fds)
       ::close(fd);
     if (out.fd >= 0) ::close(out.fd);
@@ -117,7 +118,7 @@ Predecessor take_over(const std::string& path, uint64_t timeout_ms) {
   for (;;) {
     // Whole frames first.
     for (;;) {
-      const msg::Decoded d = msg::decode(in);
+      msg::Decoded d = msg::decode(in);
       if (d.status == msg::Decoded::Status::kNeedMore) break;
       if (d.status != msg::Decoded::Status::kMessage)
         return failed(std::string("garbage: ") + d.error);
@@ -128,7 +129,9 @@ Predecessor take_over(const std::string& path, uint64_t timeout_ms) {
         fds.pop_front();
       }
       in.erase(0, d.used);
-      if (const auto* l = std::get_if<msg::Listener>(&d.message)) {
+      if (auto* ps = std::get_if<msg::PoolState>(&d.message)) {
+        out.pool_states.emplace_back(std::move(ps->agent), std::move(ps->state));
+      } else if (const auto* l = std::get_if<msg::Listener>(&d.message)) {
         out.sockets.push_back({l->address, l->slot, l->inode, fd});
       } else if (const auto* end = std::get_if<msg::Listeners>(&d.message)) {
         if (end->count != out.sockets.size() || !fds.empty() || !in.empty())

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace spoad::supervisor {
@@ -40,13 +41,15 @@ struct Predecessor {
   std::string why;  // kNone, kFailed: for the log
   int64_t pid = 0;  // kTaken: the predecessor master's pid
   std::vector<Socket> sockets;
+  // kTaken: the pool states (agent name, state bytes) the predecessor keeps (master.h)
+  std::vector<std::pair<std::string, std::string>> pool_states;
   int fd = -1;  // kTaken: connected Unix stream socket, owned by the caller
 };
 
 // Blocking, before the successor's loop runs: connects to `path`, sends Takeover and reads
-// Listener messages (each with its socket) up to the closing Listeners, at most `timeout_ms`
-// milliseconds in all. Never throws except std::bad_alloc; on kNone and kFailed every fd it
-// received is closed.
+// PoolState and Listener messages (each Listener with its socket) up to the closing Listeners,
+// at most `timeout_ms` milliseconds in all. Never throws except std::bad_alloc; on kNone and
+// kFailed every fd it received is closed.
 Predecessor take_over(const std::string& path, uint64_t timeout_ms);
 
 // The predecessor's end: the takeover socket, accepting successors on `loop`.

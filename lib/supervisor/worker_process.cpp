@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdint>
 #include <ctime>
+#include <map>
 #include <memory>
 #include <unordered_set>
 
@@ -17,6 +18,7 @@
 #include "supervisor/metrics_view.h"
 #include "util/escape.h"
 #include "util/log.h"
+#include "util/rate_limit.h"
 #include "version.h"
 
 namespace spoad::supervisor {
@@ -69,6 +71,13 @@ class WorkerProcess {
               "worker's counters",
               mt->fd, err);
       }
+    } else if (auto* ps = std::get_if<msg::PoolState>(&m)) {
+      // Before Init: the pool's state, restored before we serve; and proof that the master
+      // reads CliResult and PoolState. Later ones are not for us (the master sends none).
+      if (!worker_) {
+        master_reads_results_ = true;
+        pool_states_[ps->agent] = std::move(ps->state);
+      }
     } else if (auto* init_msg = std::get_if<msg::Init>(&m)) {
       if (!worker_) init(*init_msg);
     } else if (std::holds_alternative<msg::HandoffAck>(m)) {
@@ -82,21 +91,54 @@ class WorkerProcess {
            : st->mode == msg::StopMode::kWait  ? runtime::DrainMode::kWait
                                                : runtime::DrainMode::kDisconnect);
     } else if (auto* c = std::get_if<msg::CliRequest>(&m)) {
-      if (!cli_ || !ch_) return;
+      if (!ch_) return;
       // The words exactly as the master parsed them: nothing is split or joined again.
-      std::string out;
-      try {
-        out = cli_->execute(c->words);
-      } catch (const std::exception& e) {  // a command's failure is an answer, not a crash
-        log_->error("CLI command failed: {}", util::printable(e.what()));
-        out = "Internal error: " + util::printable(e.what()) + "\n";
+      cli::WorkerCli::Result r{false, "This worker does not serve.\n"};
+      if (cli_) {
+        try {
+          r = cli_->run(c->words);
+        } catch (const std::exception& e) {  // a command's failure is an answer, not a crash
+          log_->error("CLI command failed: {}", util::printable(e.what()));
+          r = {false, "Internal error: " + util::printable(e.what()) + "\n"};
+        }
       }
-      if (!ch_->send(msg::CliReply{c->id, out}))
-        ch_->send(msg::CliReply{c->id, "The answer is too large (" + std::to_string(out.size()) +
-                                           " bytes) for the master channel.\n"});
+      const size_t size = r.text.size();
+      if (!cli_answer(c->id, r.ok, std::move(r.text)))
+        cli_answer(c->id, false,
+                   "The answer is too large (" + std::to_string(size) +
+                       " bytes) for the master channel.\n");
     } else {
       log_->warn("unexpected {} message from the master: ignored", msg::name(m));
     }
+  }
+
+  // Sends the answer to CliRequest `id`: a CliResult, or a CliReply to an older master.
+  bool cli_answer(uint64_t id, bool ok, std::string text) {
+    if (master_reads_results_) return ch_->send(msg::CliResult{id, ok, std::move(text)});
+    return ch_->send(msg::CliReply{id, std::move(text)});
+  }
+
+  // The agent of `s` changed its pool state: the master keeps the latest (it is sent before
+  // the answer of the command that changed it). A state the channel cannot carry is counted
+  // and logged, not sent: the master keeps the previous one.
+  void send_pool_state(runtime::Server& s) {
+    if (!ch_ || !master_reads_results_) return;
+    const std::string& name = s.config().name;
+    std::string state = s.agent().pool_state();
+    // Frame header, two lengths: well within 32 bytes.
+    if (state.size() + name.size() + 32 > msg::kMaxMessage) {
+      ++pool_state_too_big_;
+      if (pool_state_log_.allow(uv_now(loop_))) {
+        const uint64_t held = pool_state_log_.take_suppressed();
+        log_->error(
+            "the pool state of {} ({} bytes) is larger than the master channel carries ({} "
+            "bytes): not sent; new workers will start with the previous one{}",
+            name, state.size(), msg::kMaxMessage,
+            held ? " (" + std::to_string(held) + " similar lines not logged)" : std::string());
+      }
+      return;
+    }
+    ch_->send(msg::PoolState{name, std::move(state)});
   }
 
   void init(const msg::Init& m) {
@@ -119,6 +161,13 @@ class WorkerProcess {
     try {
       worker_ =
           std::make_unique<runtime::Worker>(loop_, std::vector<config::AgentConfig>{ac}, arena_);
+      pool_state_too_big_ = metrics::Scope(arena_, ac.name, ac.type)
+                                .counter("spoad_pool_state_too_big_total",
+                                         "Pool states not sent to the master: larger than its "
+                                         "channel carries (64 MiB).");
+      worker_->set_pool_states(std::move(pool_states_));
+      pool_states_.clear();
+      worker_->set_pool_state_callback([this](runtime::Server& s) { send_pool_state(s); });
       cli::WorkerIdentity id;
       id.pid = ::getpid();
       id.relative_pid = static_cast<int>(m.relative_pid);
@@ -275,6 +324,12 @@ class WorkerProcess {
   std::unique_ptr<runtime::Worker> worker_;
   std::unique_ptr<cli::WorkerCli> cli_;
   std::vector<int> listen_fds_;  // inherited listening sockets (Listen)
+  // Pool states received before Init (agent name -> state); the master sent one (it reads
+  // CliResult and PoolState).
+  std::map<std::string, std::string> pool_states_;
+  bool master_reads_results_ = false;
+  metrics::Counter pool_state_too_big_;
+  util::RateLimiter pool_state_log_{5};
   // This process's metrics (Metrics message; private memory without one), and its heartbeat.
   std::shared_ptr<metrics::Arena> arena_;
   metrics::Gauge heartbeat_;

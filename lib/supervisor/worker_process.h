@@ -1,6 +1,7 @@
 // A worker process: what `spoad --worker` runs after the master spawned it. It reads its
-// instructions (configuration text, agent, relative pid) from the channel on fd 3, serves its
-// agent, reports READY once it listens, answers CLI commands routed by the master, and stops.
+// instructions (configuration text, agent, relative pid, its pool's state) from the channel on
+// fd 3, serves its agent, reports READY once it listens, answers CLI commands routed by the
+// master (CliResult), sends its agent's pool state when the agent changes it, and stops.
 // Its counters live in the metrics arena the master gave it (the Metrics message: an inherited
 // memfd, mapped writable here), with a heartbeat set every second (metrics_view.h). It stops:
 //

@@ -3,7 +3,8 @@
 //   - each command the master parses reaches the worker with exactly the same words: the
 //     CliRequest carries the words, so nothing is joined or split again on the way (input
 //     bytes 5c 0d, "\\\r", once changed a routed command);
-//   - the routing word is read the same way on both sides of the trip;
+//   - the routing word is read the same way on both sides of the trip; an "@<agent name>"
+//     word names an agent the configuration accepts, never a process;
 //   - the master's answers to what it does not know are built for any words.
 #include <cstdint>
 #include <string>
@@ -23,7 +24,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string wire;
   std::vector<cli::Words> sent;
   for (cli::Words words : cli::split_commands(line)) {
-    if (!words.empty() && cli::parse_route(words[0]).kind != cli::Route::Kind::kNone)
+    const cli::Route r = words.empty() ? cli::Route{} : cli::parse_route(words[0]);
+    if (r.kind == cli::Route::Kind::kAgent) {
+      // "@<agent name>": a name the configuration accepts, never one read as a process.
+      FUZZ_CHECK(!r.name.empty() && r.name.size() <= 64 && r.name != "master");
+      FUZZ_CHECK(r.name.find_first_not_of("0123456789") != std::string::npos);
+      FUZZ_CHECK(words[0] == "@" + r.name);
+    }
+    if (r.kind != cli::Route::Kind::kNone)
       words.erase(words.begin());  // as the master does before routing
     FUZZ_CHECK(supervisor::msg::encode(supervisor::msg::CliRequest{++id, words}, wire));
     sent.push_back(words);

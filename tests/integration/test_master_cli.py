@@ -4,6 +4,10 @@
   per worker (type = agent name, relative PIDs 1..N in config order), live PIDs, children of
   the master;
 - routing: `@N CMD`, `@!PID CMD`, `@master CMD`, `@1 show info; show version`, unknown targets;
+- pool-wide commands, `@<agent name> CMD` and `@<agent name>` alone: the same answer once, or
+  each distinct one under its workers' header, then "# <agent>: applied on N of M workers" with
+  the failed and gone counts (a worker SIGSTOPped: no answer; SIGKILLed meanwhile: gone);
+  unknown names;
 - master commands: help, show version, unknown commands, prompt mode, quit;
 - worker commands: show info (+json), show stat (+json), help, the ip-checker's show lists and
   show ip;
@@ -15,6 +19,7 @@ One spoad serves every class that needs no fresh process (Stack, started by setU
 import fcntl
 import os
 import select
+import signal
 import socket
 import stat
 import struct
@@ -211,6 +216,83 @@ class TwoPools(Shared):
                 finally:
                     s.close()
 
+    # --- pool-wide commands: @<agent name> --------------------------------------------------
+
+    def test_at_agent_same_answer_once(self):
+        out = sv.socat_cmd(self.sock, "@echo show version")
+        self.assertEqual(out, self.version + "\n# echo: applied on 2 of 2 workers\n\n",
+                         (out, self.logs()))
+
+    def test_at_agent_distinct_answers_are_grouped(self):
+        out = sv.cli(self.sock, "@iprep show info")
+        ctx = (out, self.logs())
+        self.assertTrue(out.endswith("\n# iprep: applied on 2 of 2 workers\n\n"), ctx)
+        lines = out.split("\n")
+        w1, w2 = self.sp.worker(1).pid, self.sp.worker(2).pid
+        h1, h2 = "# workers 1 (pids %d):" % w1, "# workers 2 (pids %d):" % w2
+        self.assertEqual(lines[0], h1, ctx)
+        self.assertIn(h2, lines, ctx)
+        i2 = lines.index(h2)
+        # Each worker's own answer, whole, under its header.
+        self.assertEqual(sv.parse_info("\n".join(lines[1:i2])).get("Pid"), str(w1), ctx)
+        self.assertEqual(sv.parse_info("\n".join(lines[i2 + 1:-3])).get("Pid"), str(w2), ctx)
+        self.assertEqual(sum(1 for line in lines if line.startswith("# workers ")), 2, ctx)
+
+    def test_at_agent_failures_are_counted(self):
+        out = sv.cli(self.sock, "@echo bogus cmd")
+        ctx = (out, self.logs())
+        self.assertEqual(out.split("\n")[0],
+                         "Unknown command, but maybe one of the following ones is a better match:",
+                         ctx)
+        self.assertTrue(out.endswith("\n  quit                                    : disconnect\n"
+                                     "# echo: applied on 0 of 2 workers, failed on 2\n\n"), ctx)
+        self.assertNotIn("# workers", out, ctx)  # the same answer: once
+        self.assertEqual(out.count("Unknown command"), 1, ctx)
+
+    def test_at_agent_unknown_name(self):
+        for target in ("@nosuch", "@no.such-agent", "@Echo"):
+            with self.subTest(target=target):
+                err = "Can't find the target agent matching the prefix '%s'\n" % target
+                self.assertEqual(sv.socat_cmd(self.sock, "%s show info" % target), err)
+                self.assertEqual(sv.cli(self.sock, target), err)  # alone, too
+                # As for an unknown pid: the master closes without running what follows.
+                s = sv.Session(self.sock)
+                try:
+                    s.send("%s show info; show version" % target)
+                    self.assertTrue(s.closed_by_peer(), ("still open", s.buf))
+                    self.assertEqual(s.buf.decode(), err)
+                finally:
+                    s.close()
+
+    def test_at_agent_alone_is_a_sticky_target(self):
+        pid1 = self.sp.worker(1).pid
+        s = sv.Session(self.sock)
+        try:
+            s.send("prompt")
+            s.read_until("master> ")
+            s.command("@echo", "echo> ")
+            out = s.command("show version", "echo> ")
+            self.assertEqual(out, self.version + "\n# echo: applied on 2 of 2 workers\n\n")
+            out = s.command("bogus", "echo> ")
+            self.assertTrue(out.endswith("# echo: applied on 0 of 2 workers, failed on 2\n\n"),
+                            out)
+            self.assertEqual(s.command("", "echo> "), "")  # an empty line: the prompt only
+            # A prefix: one command elsewhere, the pool stays the target.
+            out = s.command("@1 show info", "echo> ")
+            self.assertEqual(sv.parse_info(out).get("Pid"), str(pid1), out)
+            s.command("@iprep", "iprep> ")
+            out = s.command("show lists", "iprep> ")
+            self.assertIn("demo-drop", out)
+            self.assertTrue(out.endswith("\n# iprep: applied on 2 of 2 workers\n\n"), out)
+            self.assertNotIn("# workers", out)
+            s.command("@master", "master> ")
+            out = s.command("show version", "master> ")
+            self.assertEqual(out, self.version + "\n\n")
+            s.send("quit")
+            self.assertTrue(s.closed_by_peer(), ("quit did not close", s.buf))
+        finally:
+            s.close()
+
     # --- master commands -------------------------------------------------------------------
 
     def test_show_version(self):
@@ -227,7 +309,7 @@ class TwoPools(Shared):
         check_usage_lines(self, body + lines[-3:], out)
         usages = [line[2:].split(": ", 1)[0].rstrip() for line in body]
         self.assertEqual(usages, sorted(usages), ("sorted by usage", out))
-        for cmd in ("reload", "show proc", "show version"):
+        for cmd in ("reload", "show proc", "show version", "@<agent name>"):
             self.assertIn(cmd, usages, out)
 
     def test_unknown_command(self):
@@ -431,6 +513,69 @@ def peer_closed(s):
     p = select.poll()
     p.register(s.fileno(), select.POLLRDHUP | select.POLLHUP)
     return bool(p.poll(0))
+
+
+class PoolWorkersGone(unittest.TestCase):
+    """`@<agent> CMD` when a worker does not answer (SIGSTOP: the master's CLI timeout) and
+    when one exits while the command is pending (SIGKILL: gone). Its own spoad."""
+
+    def setUp(self):
+        self.env = harness.Env("mcli-pool")
+        self.tracker = sv.Tracker()
+        self.addCleanup(self.tracker.cleanup)
+        self.addCleanup(self.env.stop)
+        self.sock = self.env.path("master.sock")
+        cfg = self.env.write("spoad.yaml", sv.config([sv.echo_agent(harness.free_port(), 2)],
+                                                     socket_path=self.sock))
+        self.p = self.env.spoad(cfg)
+        self.sp = sv.wait_pool(self.sock, 2, proc=self.p)
+        self.tracker.add_proc(self.sp)
+        self.assertIsNotNone(self.sp, self.env.dump_logs())
+        self.version = sv.spoad_version()
+
+    def pool_commands(self):
+        return int(sv.parse_info(sv.cli(self.sock, "show info"))["CliPoolCommands"])
+
+    def stopped_worker(self):
+        victim = self.sp.worker(2).pid
+        os.kill(victim, signal.SIGSTOP)
+        self.addCleanup(lambda: harness.pid_alive(victim) and os.kill(victim, signal.SIGCONT))
+        return victim
+
+    def test_worker_that_does_not_answer(self):
+        victim = self.stopped_worker()
+        # Waits for the master's CLI timeout (10 s): the event itself, not a sleep.
+        out = sv.cli(self.sock, "@echo show version")
+        w1 = self.sp.worker(1).pid
+        self.assertEqual(out, "# workers 1 (pids %d):\n%s\n"
+                              "# workers 2 (pids %d):\nNo answer from the worker.\n"
+                              "# echo: applied on 1 of 2 workers, failed on 1\n\n"
+                         % (w1, self.version, victim), sv.tail_logs(self.env))
+        os.kill(victim, signal.SIGCONT)
+        # Its late answer is dropped; the next command gets both.
+        self.assertEqual(sv.cli(self.sock, "@echo show version"),
+                         self.version + "\n# echo: applied on 2 of 2 workers\n\n")
+
+    def test_worker_gone_while_the_command_is_pending(self):
+        victim = self.stopped_worker()
+        before = self.pool_commands()
+        s = sv.Session(self.sock)
+        try:
+            s.send("@echo show version")
+            # Once counted, the command is in the stopped worker's channel: kill it.
+            self.assertTrue(harness.wait_for(lambda: self.pool_commands() > before))
+            os.kill(victim, signal.SIGKILL)
+            out = s.read_until("\n\n")
+            self.assertEqual(out, self.version + "\n# echo: applied on 1 of 2 workers, 1 gone\n\n",
+                             sv.tail_logs(self.env))
+        finally:
+            s.close()
+        # The master respawns it; the pool answers whole again.
+        sp = sv.wait_pool(self.sock, 2, exclude={victim}, proc=self.p)
+        self.tracker.add_proc(sp)
+        self.assertIsNotNone(sp, sv.tail_logs(self.env))
+        self.assertEqual(sv.cli(self.sock, "@echo show version"),
+                         self.version + "\n# echo: applied on 2 of 2 workers\n\n")
 
 
 class SharedSocketAndPidfile(Shared):

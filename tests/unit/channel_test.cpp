@@ -72,6 +72,10 @@ std::vector<msg::Message> samples() {
       msg::Serving{INT64_MAX},
       msg::Metrics{5},
       msg::Metrics{INT64_MIN},
+      msg::CliResult{7, false, b + "\n"},
+      msg::CliResult{~uint64_t{0}, true, ""},
+      msg::PoolState{"iprep", b + b},
+      msg::PoolState{b, ""},
   };
 }
 
@@ -145,7 +149,13 @@ TEST(Messages, MalformedFramesAreRejectedWholeAndSkipped) {
       {"empty body", frame(""), false},
       {"flags only", frame("\x00"), false},
       {"type 0", frame(std::string("\x00\x00", 2)), false},
-      {"type 18", frame(std::string("\x00\x12", 2)), false},
+      {"type 20 (the first unknown)", frame(std::string("\x00\x14", 2)), false},
+      {"cli-result with a bad bool", frame(std::string("\x00\x12\x01\x02\x00", 5)), false},
+      {"pool-state without its state",
+       frame(std::string("\x00\x13\x01"
+                         "a",
+                         4)),
+       false},
       {"type 255", frame(std::string("\x00\xff", 2)), false},
       {"unknown flag", frame(std::string("\x02") + body.substr(1)), false},
       {"fd flag on engine", frame(std::string("\x01") + body.substr(1)), true},

@@ -42,8 +42,56 @@ TEST(Route, Prefixes) {
   r = parse_route("@!12345");
   EXPECT_EQ(r.kind, Route::Kind::kPid);
   EXPECT_EQ(r.number, 12345u);
-  for (const char* bad : {"@x", "@!", "@!x1", "@1a", "@-1", "@!0"})
+  // Words that are not all digits are agent names (the pool of that agent).
+  for (const char* name : {"iprep", "x", "1a", "-1", "a.b_c-D", "Master", "0x10"}) {
+    r = parse_route(std::string("@") + name);
+    EXPECT_EQ(r.kind, Route::Kind::kAgent) << name;
+    EXPECT_EQ(r.name, name);
+  }
+  EXPECT_EQ(parse_route("@" + std::string(64, 'a')).kind, Route::Kind::kAgent);
+  for (const std::string& bad :
+       std::vector<std::string>{"@!", "@!x1", "@!0", "@00", "@99999999999999999999999", "@a/b",
+                                "@a b", "@\x1b[2J", "@\xff", "@!iprep", "@" + std::string(65, 'a')})
     EXPECT_EQ(parse_route(bad).kind, Route::Kind::kInvalid) << bad;
+}
+
+TEST(PoolAnswer, SameAnswerOnceThenTheCount) {
+  using S = WorkerAnswer::Status;
+  const std::vector<PoolMember> m = {{10, 1}, {11, 2}};
+  EXPECT_EQ(pool_answer("iprep", m, {{S::kOk, "added\n"}, {S::kOk, "added\n"}}),
+            "added\n# iprep: applied on 2 of 2 workers\n");
+  // The same failure everywhere: once, and counted as failed.
+  EXPECT_EQ(
+      pool_answer("iprep", m, {{S::kFailed, "No such list.\n"}, {S::kFailed, "No such list.\n"}}),
+      "No such list.\n# iprep: applied on 0 of 2 workers, failed on 2\n");
+  // An answer without its newline gets one; an empty answer stays empty.
+  EXPECT_EQ(pool_answer("a", {{5, 1}}, {{S::kOk, "x"}}), "x\n# a: applied on 1 of 1 workers\n");
+  EXPECT_EQ(pool_answer("a", {{5, 1}}, {{S::kOk, ""}}), "# a: applied on 1 of 1 workers\n");
+  EXPECT_EQ(pool_answer("a", {}, {}), "# a: applied on 0 of 0 workers\n");
+}
+
+TEST(PoolAnswer, DistinctAnswersAreGroupedWithTheirWorkers) {
+  using S = WorkerAnswer::Status;
+  const std::vector<PoolMember> m = {{10, 1}, {11, 2}, {12, 3}, {13, 1}, {14, 2}};
+  const std::string out = pool_answer("iprep", m,
+                                      {{S::kOk, "done\n"},
+                                       {S::kFailed, "done\n"},  // same text, not the same result
+                                       {S::kOk, "done\n"},
+                                       {S::kGone, ""},
+                                       {S::kNoAnswer, ""}});
+  EXPECT_EQ(out,
+            "# workers 1,3 (pids 10,12):\ndone\n"
+            "# workers 2 (pids 11):\ndone\n"
+            "# workers 2 (pids 14):\nNo answer from the worker.\n"
+            "# iprep: applied on 2 of 5 workers, failed on 2, 1 gone\n");
+  // Gone workers give no answer: the others' common one is shown once.
+  EXPECT_EQ(pool_answer("p", {{1, 1}, {2, 2}}, {{S::kGone, ""}, {S::kOk, "ok\n"}}),
+            "ok\n# p: applied on 1 of 2 workers, 1 gone\n");
+  // Bytes stay bytes.
+  EXPECT_EQ(pool_answer("p", {{1, 1}, {2, 2}},
+                        {{S::kOk, std::string("\0\xff\n", 3)}, {S::kOk, "\xfe\n"}}),
+            "# workers 1 (pids 1):\n" + std::string("\0\xff\n", 3) +
+                "# workers 2 (pids 2):\n\xfe\n# p: applied on 2 of 2 workers\n");
 }
 
 TEST(Usage, LayoutAndHelp) {
@@ -53,8 +101,9 @@ TEST(Usage, LayoutAndHelp) {
   EXPECT_EQ(help.rfind("The following commands are valid at this level:\n", 0), 0u);
   // Sorted by usage, as HAProxy sorts them ('!' < '<' < 'm' among the @ commands).
   const size_t a = help.find("  @!<pid>"), b = help.find("  @<relative pid>"),
-               c = help.find("  @master"), d = help.find("  reload"), e = help.find("  show proc");
-  EXPECT_TRUE(a < b && b < c && c < d && d < e) << help;
+               c = help.find("  @master"), d = help.find("  reload"), e = help.find("  show proc"),
+               f = help.find("  @<agent name>");
+  EXPECT_TRUE(a < f && f < b && b < c && c < d && d < e) << help;
   const std::string tail =
       "  help [<command>]                        : list matching or all commands\n"
       "  prompt                                  : toggle interactive mode with prompt\n"

@@ -122,6 +122,11 @@ TEST(Config, ErrorsNameFileLineAndKey) {
       7, "agents[1].listen", "used by another agent");
   expect_error("agents:\n  - type: echo\n    listen: 127.0.0.1:1\n", 2, "agents[0]",
                "missing key \"name\"");
+  // Names the master CLI would read as a process ("@12", "@master"), not as a pool.
+  for (const char* reserved : {"12", "0", "master"})
+    expect_error(std::string("agents:\n  - name: ") + reserved +
+                     "\n    type: echo\n    listen: 127.0.0.1:1\n",
+                 2, "agents[0].name", "is reserved");
   expect_error("cli:\n  mode: rw\nagents:\n  - name: a\n    type: echo\n    listen: 127.0.0.1:1\n",
                2, "cli.mode", "octal");
   expect_error("agents: []\n", 1, "agents", "empty");

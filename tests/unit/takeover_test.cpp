@@ -129,6 +129,28 @@ TEST(Takeover, WrongCountIsAFailureAndClosesTheSockets) {
   ::close(l);
 }
 
+TEST(Takeover, PoolStatesArriveBeforeTheSockets) {
+  const int a = tcp_listener();
+  const std::string big(3u << 20, '\xab');  // larger than one read
+  Fake f(temp_path("states"), [a, &big](int c) {
+    send_frame(c, msg::PoolState{"iprep", std::string("v1\0\xff", 4)});
+    send_frame(c, msg::PoolState{"big", big});
+    send_frame(c, msg::Listener{"127.0.0.1:9000", 0, 0}, a);
+    send_frame(c, msg::Listeners{4321, 1});
+  });
+  Predecessor p = take_over(f.path, 60'000);
+  ASSERT_EQ(p.outcome, Predecessor::Outcome::kTaken) << p.why;
+  ASSERT_EQ(p.pool_states.size(), 2u);
+  EXPECT_EQ(p.pool_states[0].first, "iprep");
+  EXPECT_EQ(p.pool_states[0].second, std::string("v1\0\xff", 4));
+  EXPECT_EQ(p.pool_states[1].first, "big");
+  EXPECT_TRUE(p.pool_states[1].second == big);
+  ASSERT_EQ(p.sockets.size(), 1u);
+  ::close(p.sockets[0].fd);
+  ::close(p.fd);
+  ::close(a);
+}
+
 TEST(Takeover, SocketsArriveWithTheirAddresses) {
   const int a = tcp_listener();
   const int b = tcp_listener();
