@@ -7,6 +7,7 @@ SPOAD_PACKAGES=(
   g++ meson ninja-build pkg-config git
   libuv1-dev libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev libgtest-dev
   libcurl4-openssl-dev libssl-dev libcli11-dev zlib1g-dev libmicrohttpd-dev
+  libhiredis-dev redis-server     # the ip-checker's shared store (Redis) and its tests
   haproxy socat curl python3 wrk procps
   prometheus                      # promtool and a Prometheus server for the metrics tests
   clang libclang-rt-14-dev llvm   # scripts/fuzz (libFuzzer) and scripts/sanitize (llvm-symbolizer)
@@ -28,4 +29,5 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian starts the haproxy service on install; spoad's demo and tests run their own.
+# Debian starts the haproxy and redis-server services on install; spoad's demo and tests run
+# their own.

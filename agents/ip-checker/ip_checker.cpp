@@ -17,6 +17,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "agents/ip-checker/commands.h"
 #include "spop/reader.h"
 #include "util/escape.h"
 #include "util/log.h"
@@ -26,6 +27,9 @@ namespace spoad::agents::ip_checker {
 namespace {
 
 constexpr size_t kMaxLists = 65534;  // Matcher::build's limit
+// max-runtime-entries at most: the pool state (31 bytes per entry without comments) must fit
+// in one channel message (64 MiB, supervisor/messages.h).
+constexpr int64_t kMaxRuntime = 2'000'000;
 
 // Lists with a series of their own (list="<name>"); the others share list="(other)", which
 // no list name can be (valid_list_name), so that a worker's arena (metrics/arena.h) stays
@@ -74,7 +78,7 @@ ListConfig parse_list(config::Options& item, bool allow, std::set<std::string>* 
   const bool has_file = item.has("file");
   const bool has_entries = item.has("entries");
   if (has_file && has_entries) item.fail("", "use either \"file\" or \"entries\", not both");
-  if (!has_file && !has_entries) item.fail("", "missing key \"file\" or \"entries\"");
+  // Neither: a list for runtime entries only (inline_entries stays null).
   if (has_file) {
     const std::string f = item.str("file", "");
     if (f.empty()) item.fail("file", "empty path");
@@ -85,7 +89,7 @@ ListConfig parse_list(config::Options& item, bool allow, std::set<std::string>* 
                 "cannot read \"" + util::printable(lc.file, 4096) + "\": " + std::strerror(errno));
     if (S_ISDIR(st.st_mode))
       item.fail("file", "\"" + util::printable(lc.file, 4096) + "\" is a directory");
-  } else {
+  } else if (has_entries) {
     auto pl = std::make_shared<ParsedList>();
     const std::vector<std::string> entries = item.str_list("entries");
     for (size_t i = 0; i < entries.size(); ++i) {
@@ -116,6 +120,9 @@ std::unique_ptr<agent::AgentOptions> parse(config::Options& o) {
     opts->lists.push_back(parse_list(item, false, &names));
   if (opts->lists.size() > kMaxLists)
     o.fail("deny", "too many lists (at most " + std::to_string(kMaxLists) + ")");
+  opts->max_runtime_entries = static_cast<size_t>(o.integer(
+      "max-runtime-entries", static_cast<int64_t>(opts->max_runtime_entries), 0, kMaxRuntime));
+  opts->store = parse_store_options(o);
   return opts;
 }
 
@@ -135,13 +142,7 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 
 // "2024-05-01T12:00:00Z", or "-" for 0.
 std::string format_time(int64_t ms) {
-  if (ms == 0) return "-";
-  const time_t t = static_cast<time_t>(ms / 1000);
-  struct tm tm;
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
+  return ms == 0 ? "-" : format_utc(ms / 1000);
 }
 
 // The address held by `v`, or false with *why.
@@ -168,6 +169,14 @@ bool address_of(const spop::Value& v, Address* a, std::string* why) {
   *why = std::string("type ") + spop::type_name(v.type) +
          " is not an address (expected ipv4, ipv6 or str)";
   return false;
+}
+
+std::vector<ListInfo> list_infos(const std::vector<ListConfig>& lists) {
+  std::vector<ListInfo> out;
+  out.reserve(lists.size());
+  for (const ListConfig& l : lists)
+    out.push_back(l.info);
+  return out;
 }
 
 #if defined(__GLIBC__)
@@ -214,20 +223,6 @@ struct IpCheckerAgent::Job {
   std::shared_ptr<const Matcher> matcher;  // the new matcher; null if nothing changed
   double build_ms = 0;
   std::string build_error;
-};
-
-// Allocated with new; freed by on_handle_closed().
-struct IpCheckerAgent::HandleBox {
-  IpCheckerAgent* self = nullptr;  // nulled if the agent goes away first
-  bool closing = false;
-  union {
-    uv_handle_t handle;
-    uv_timer_t timer;
-    uv_fs_event_t fs;
-  } u;
-  std::string dir;                 // fs events: the watched directory
-  std::vector<std::string> names;  // the list files' names in `dir`
-  bool any_event = false;          // a list file is a symlink: every event may change it
 };
 
 void IpCheckerAgent::load(Job& job) {
@@ -350,6 +345,39 @@ void IpCheckerAgent::register_metrics() {
                           "List files reloaded (one per list and reload)");
   reloads_failed_ = m.counter("spoad_ip_checker_list_reload_failures_total",
                               "List files that failed to reload and kept their entries");
+  runtime_entries_ =
+      m.gauge("spoad_ip_checker_runtime_entries", "Runtime entries (CLI, store) held, all lists",
+              {}, metrics::Unit::kNone, metrics::Merge::kMax);
+  constexpr std::string_view kChanges =
+      "Changes to the runtime entries, by operation: add, del and clear (one per command or "
+      "store change applied), expire (one per entry)";
+  changes_add_ = m.counter("spoad_ip_checker_runtime_changes_total", kChanges, {{"op", "add"}});
+  changes_del_ = m.counter("spoad_ip_checker_runtime_changes_total", kChanges, {{"op", "del"}});
+  changes_clear_ = m.counter("spoad_ip_checker_runtime_changes_total", kChanges, {{"op", "clear"}});
+  changes_expire_ =
+      m.counter("spoad_ip_checker_runtime_changes_total", kChanges, {{"op", "expire"}});
+  runtime_refused_ = m.counter("spoad_ip_checker_runtime_refused_total",
+                               "Runtime entries refused: max-runtime-entries reached");
+  if (!opts_.store.url.empty()) {
+    store_connected_ = m.gauge("spoad_ip_checker_store_connected",
+                               "Workers connected to the shared store (1 per connected worker)");
+    store_disconnected_since_ = m.gauge(
+        "spoad_ip_checker_store_disconnected_since_seconds",
+        "Unix time since when the shared store is disconnected, the latest among workers; 0 "
+        "while connected",
+        {}, metrics::Unit::kNone, metrics::Merge::kMax);
+    store_resyncs_ = m.counter("spoad_ip_checker_store_resyncs_total",
+                               "Full reads of the shared store, after each (re)connection");
+    store_reconnects_ = m.counter("spoad_ip_checker_store_reconnects_total",
+                                  "Reconnections to the shared store after a lost connection");
+    store_write_failures_ = m.counter("spoad_ip_checker_store_write_failures_total",
+                                      "Writes to the shared store that failed after being sent");
+    store_received_ = m.counter("spoad_ip_checker_store_changes_received_total",
+                                "Changes announced by other instances through the shared store");
+    store_refused_writes_ =
+        m.counter("spoad_ip_checker_store_writes_refused_total",
+                  "CLI changes refused because the shared store was disconnected");
+  }
   constexpr std::string_view kMatches = "Addresses decided by a list, by the list that decided";
   constexpr std::string_view kEntries = "Entries (addresses and CIDRs) loaded, by list";
   list_matches_.reserve(lists_.size());
@@ -388,7 +416,10 @@ void IpCheckerAgent::update_entry_gauges() {
 // ---- the agent --------------------------------------------------------------------------
 
 IpCheckerAgent::IpCheckerAgent(const agent::Context& ctx, const IpCheckerOptions& opts)
-    : ctx_(ctx), opts_(opts) {
+    : ctx_(ctx),
+      opts_(opts),
+      runtime_(list_infos(opts.lists), opts.max_runtime_entries),
+      overlay_(std::make_shared<const Overlay>()) {
   if (!ctx_.log) ctx_.log = util::make_logger(ctx_.name.empty() ? "ip-checker" : ctx_.name);
   const int64_t now = wall_ms();
   lists_.reserve(opts_.lists.size());
@@ -460,7 +491,10 @@ void IpCheckerAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
     return;
   }
   ++checks_;
-  const Verdict& v = matcher_->lookup(a);
+  // The expiry timer may not have run yet in this loop turn: a request never sees an entry
+  // past its expiry (one compare of the loop's cached time).
+  if (now_ms() >= expiry_due_ms_) expire_due();
+  const Verdict v = overlay_->lookup(matcher_->lookup(a), a);
   const bool blocked = !v.allowed && v.score >= opts_.block_threshold;
   if (v.allowed)
     ++allowed_;
@@ -478,8 +512,37 @@ void IpCheckerAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
                   spop::Value::String(matcher_->list_name(v.list)));
 }
 
+IpCheckerAgent::HandleBox* IpCheckerAgent::new_timer() {
+  auto* b = new HandleBox;
+  b->self = this;
+  uv_timer_init(ctx_.loop, &b->u.timer);
+  b->u.handle.data = b;
+  handles_.push_back(b);
+  return b;
+}
+
 void IpCheckerAgent::start() {
-  if (!ctx_.loop || !opts_.watch || stopping_ || timer_) return;
+  if (!ctx_.loop || stopping_ || expiry_timer_) return;
+  expiry_timer_ = new_timer();
+  rebuild_timer_ = new_timer();
+  pool_timer_ = new_timer();
+  arm_expiry();
+  if (!opts_.store.url.empty()) {
+    Store::Callbacks cb;
+    cb.on_change = [this](const Change& c) { on_store_change(c); };
+    cb.on_resync = [this](std::vector<RuntimeEntry> e) { on_store_resync(std::move(e)); };
+    cb.on_state = [this](bool connected) { on_store_state(connected); };
+    store_ = std::make_unique<Store>(ctx_.loop, opts_.store, ctx_.log, std::move(cb));
+    store_stopped_ = false;
+    store_->start();
+    store_tick_ = new_timer();
+    uv_timer_start(&store_tick_->u.timer, on_store_tick, 1000, 1000);
+    sync_store_metrics();
+  }
+  if (opts_.watch) start_watchers();
+}
+
+void IpCheckerAgent::start_watchers() {
   // Watch the directories, not the files: editors and tools replace a file by renaming a new
   // one over it, which ends a watch on the file itself.
   std::map<std::string, std::vector<const ListState*>> dirs;
@@ -489,11 +552,7 @@ void IpCheckerAgent::start() {
     dirs[dir.empty() ? "." : dir].push_back(&st);
   }
   if (dirs.empty()) return;
-  timer_ = new HandleBox;
-  timer_->self = this;
-  uv_timer_init(ctx_.loop, &timer_->u.timer);
-  timer_->u.handle.data = timer_;
-  handles_.push_back(timer_);
+  timer_ = new_timer();
   for (const auto& [dir, files] : dirs) {
     auto* b = new HandleBox;
     b->self = this;
@@ -611,11 +670,18 @@ void IpCheckerAgent::stop(std::function<void()> done) {
   stopping_ = true;
   stop_done_ = std::move(done);
   timer_armed_ = false;
+  if (rebuild_pending_) rebuild_overlay();  // store changes received: in force while draining
   const std::vector<HandleBox*> boxes = handles_;
   for (HandleBox* b : boxes) {
     if (b->closing) continue;
     b->closing = true;
     uv_close(&b->u.handle, on_handle_closed);
+  }
+  if (store_ && !store_stopped_) {
+    store_->stop([this] {
+      store_stopped_ = true;
+      maybe_stopped();
+    });
   }
   maybe_stopped();
 }
@@ -626,14 +692,16 @@ void IpCheckerAgent::on_handle_closed(uv_handle_t* h) {
   if (self) {
     auto& hs = self->handles_;
     hs.erase(std::remove(hs.begin(), hs.end(), b), hs.end());
-    if (self->timer_ == b) self->timer_ = nullptr;
+    for (HandleBox** p : {&self->timer_, &self->expiry_timer_, &self->rebuild_timer_,
+                          &self->pool_timer_, &self->store_tick_})
+      if (*p == b) *p = nullptr;
   }
   delete b;
   if (self) self->maybe_stopped();
 }
 
 void IpCheckerAgent::maybe_stopped() {
-  if (!stop_done_ || !handles_.empty() || job_) return;
+  if (!stop_done_ || !handles_.empty() || job_ || !store_stopped_) return;
   auto cb = std::move(stop_done_);
   stop_done_ = nullptr;
   cb();
@@ -664,7 +732,10 @@ void IpCheckerAgent::stats(nlohmann::json& out) const {
     l["kind"] = st.cfg.info.allow ? "allow" : "deny";
     if (!st.cfg.info.allow) l["score"] = st.cfg.info.score;
     l["entries"] = st.data ? st.data->prefixes.size() : 0;
-    l["source"] = st.cfg.file.empty() ? "inline" : util::to_utf8(st.cfg.file);
+    l["source"] = !st.cfg.file.empty()    ? util::to_utf8(st.cfg.file)
+                  : st.cfg.inline_entries ? "inline"
+                                          : "runtime";
+    l["runtime_entries"] = runtime_.size(static_cast<int32_t>(&st - lists_.data()));
     l["loaded_at"] = format_time(st.loaded_at_ms);
     l["status"] = st.error.empty() ? "ok" : "failed";
     if (!st.error.empty()) l["error"] = st.error;
@@ -673,55 +744,8 @@ void IpCheckerAgent::stats(nlohmann::json& out) const {
     lists.push_back(std::move(l));
   }
   out["lists"] = std::move(lists);
-}
 
-std::string IpCheckerAgent::show_lists() const {
-  std::vector<std::vector<std::string>> rows;
-  rows.push_back({"# name", "kind", "score", "entries", "source", "loaded", "status"});
-  for (const ListState& st : lists_) {
-    rows.push_back({st.cfg.info.name, st.cfg.info.allow ? "allow" : "deny",
-                    st.cfg.info.allow ? "-" : std::to_string(st.cfg.info.score),
-                    std::to_string(st.data ? st.data->prefixes.size() : 0),
-                    st.cfg.file.empty() ? "inline" : util::printable(st.cfg.file, 4096),
-                    format_time(st.loaded_at_ms), st.error.empty() ? "ok" : "failed: " + st.error});
-  }
-  std::vector<size_t> width(rows[0].size(), 0);
-  for (const auto& r : rows)
-    for (size_t c = 0; c < r.size(); ++c)
-      width[c] = std::max(width[c], r[c].size());
-  std::string out;
-  for (const auto& r : rows) {
-    for (size_t c = 0; c < r.size(); ++c) {
-      out += r[c];
-      if (c + 1 < r.size()) out.append(width[c] - r[c].size() + 2, ' ');
-    }
-    out += '\n';
-  }
-  return out;
-}
-
-std::string IpCheckerAgent::show_ip(const std::string& address) const {
-  Address a;
-  if (!parse_address(trim(address), &a))
-    return "not an IP address: \"" + util::printable(address, 64) + "\"\n";
-  const Verdict v = check(a);
-  const bool blocked = !v.allowed && v.score >= opts_.block_threshold;
-  std::string out = to_string(a) + " ip_score=" + std::to_string(v.score) +
-                    " blocked=" + (blocked ? "true" : "false");
-  if (v.list >= 0) out += " list=" + list_name(v.list);
-  return out + "\n";
-}
-
-std::vector<agent::CliCommand> IpCheckerAgent::cli_commands() {
-  std::vector<agent::CliCommand> cmds;
-  cmds.push_back({"show lists", "", "the allow and deny lists, their size and status",
-                  [this](const std::vector<std::string>&) { return show_lists(); }});
-  cmds.push_back({"show ip", "show ip <address>", "the variables the agent would set for it",
-                  [this](const std::vector<std::string>& args) {
-                    if (args.size() != 1) return std::string("usage: show ip <address>\n");
-                    return show_ip(args[0]);
-                  }});
-  return cmds;
+  runtime_stats(out);
 }
 
 }  // namespace spoad::agents::ip_checker

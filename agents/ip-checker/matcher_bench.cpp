@@ -2,7 +2,7 @@
 // deny list, against the targets (1,000,000 prefixes: load < 2 s, <= 64 MiB, lookup median
 // < 200 ns) and same-run baselines.
 //
-//   ip-checker-bench [--prefixes N] [--lookups N] [--seed S] [--batch N]
+//   ip-checker-bench [--prefixes N] [--lookups N] [--seed S] [--batch N] [--runtime N]
 //
 // It writes N random IPv4 prefixes (/8 to /32, deterministic for a seed) to a temporary file
 // in the FireHOL .netset / Spamhaus DROP format, loads it as the agent does (load_list_file,
@@ -17,7 +17,10 @@
 //   baseline_*                    the same measure for std::unordered_set<uint32_t>::count
 //                                 (exact match) and a binary search in a sorted vector
 // plus figures for the same prefixes spread over 8 deny lists of different scores (fewer
-// ranges merge) and for 200,000 IPv6 prefixes.
+// ranges merge), for 200,000 IPv6 prefixes, and for runtime entries (--runtime N, default
+// 100,000 random IPv4 /16-/32 and IPv6 entries in 4 lists, scores 50-100) in an overlay over
+// the 1,000,000 prefixes: the lookup median with and without the overlay, same run, same
+// addresses (rt_lookup_ratio), the overlay's build time and the memory of the set and tables.
 #include <unistd.h>
 
 #if defined(__GLIBC__)
@@ -38,6 +41,7 @@
 
 #include "agents/ip-checker/lists.h"
 #include "agents/ip-checker/matcher.h"
+#include "agents/ip-checker/runtime_entries.h"
 
 namespace ipc = spoad::agents::ip_checker;
 
@@ -188,6 +192,7 @@ int main(int argc, char** argv) {
   size_t n_prefixes = 1'000'000;
   size_t n_lookups = 1'000'000;
   size_t batch = 1000;
+  size_t n_runtime = 100'000;
   uint64_t seed = 20240501;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
@@ -200,8 +205,11 @@ int main(int argc, char** argv) {
       seed = v;
     else if (k == "--batch")
       batch = std::max<uint64_t>(1, v);
+    else if (k == "--runtime")
+      n_runtime = v;
     else {
-      std::fprintf(stderr, "usage: %s [--prefixes N] [--lookups N] [--seed S] [--batch N]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--prefixes N] [--lookups N] [--seed S] [--batch N] [--runtime N]\n",
                    argv[0]);
       return 2;
     }
@@ -307,6 +315,91 @@ int main(int argc, char** argv) {
   figure("baseline_sorted_median_ns", tb_sorted.median, "%.1f");
   figure("ratio_vs_hashset", tm.median / tb_hash.median, "%.2f");
   figure("ratio_vs_sorted", tm.median / tb_sorted.median, "%.2f");
+
+  // ---- runtime entries: the overlay over the same matcher, same addresses ----
+  if (n_runtime > 0) {
+    const std::vector<ipc::ListInfo> lists = {
+        {"bench", false, 100}, {"rt-a", false, 50}, {"rt-b", false, 80}, {"rt-allow", true, 0}};
+    trim_heap();
+    const double rss_before = rss_mib();
+    ipc::RuntimeEntries rt(lists, n_runtime);
+    std::mt19937_64 rng(seed + 3);
+    PrefixGen gen(seed + 4);
+    for (size_t i = 0; rt.size() < n_runtime && i < 4 * n_runtime; ++i) {
+      ipc::Change c;
+      const auto& l = lists[i % 4 == 3 && i % 64 != 3 ? 1 : i % 4];  // 1 allow entry in 64
+      c.entry.list = l.name;
+      c.entry.allow = l.allow;
+      c.entry.score = l.allow ? 0 : static_cast<uint8_t>(50 + rng() % 51);
+      c.entry.expires_s = (i % 2) ? 2'000'000'000 + static_cast<int64_t>(rng() % 3600) : 0;
+      if (i % 10 == 9) {
+        const unsigned len = 48 + static_cast<unsigned>(rng() % 81);
+        ipc::U128 a = (ipc::U128{rng()} << 64) | rng();
+        a = (a & ~(ipc::U128{7} << 125)) | (ipc::U128{1} << 125);
+        c.entry.prefix = {ipc::Address::V6(a & ~ipc::host_mask(len, 128)),
+                          static_cast<uint8_t>(len)};
+      } else {
+        ipc::PrefixSet::V4 p = gen.next();
+        if (p.len < 16) p = {p.addr & 0xffff0000u, 16};
+        c.entry.prefix = {ipc::Address::V4(p.addr), p.len};
+      }
+      rt.apply(c, 1'000'000'000);
+    }
+    trim_heap();
+    const double rss_set = rss_mib() - rss_before;
+    t0 = Clock::now();
+    std::shared_ptr<const ipc::Overlay> ov = rt.build_overlay();
+    const double ov_ms = ms_since(t0);
+    size_t rt_hits = 0;
+    for (uint32_t x : xs) {
+      bool from_rt = false;
+      ov->lookup(matcher->lookup(ipc::Address::V4(x)), ipc::Address::V4(x), &from_rt);
+      rt_hits += from_rt ? 1 : 0;
+    }
+    // Alternate the two measures so that both see the same machine state.
+    Timing base, with;
+    std::vector<double> base_med, with_med;
+    for (int round = 0; round < 3; ++round) {
+      base = time_lookups(
+          xs, batch, [&](uint32_t x) { return matcher->lookup(ipc::Address::V4(x)).score; }, &sink);
+      with = time_lookups(
+          xs, batch,
+          [&](uint32_t x) {
+            const ipc::Address a = ipc::Address::V4(x);
+            return ov->lookup(matcher->lookup(a), a).score;
+          },
+          &sink);
+      base_med.push_back(base.median);
+      with_med.push_back(with.median);
+    }
+    std::sort(base_med.begin(), base_med.end());
+    std::sort(with_med.begin(), with_med.end());
+    std::printf(
+        "# %zu runtime entries (4 lists, 10%% IPv6, half with an expiry) in an overlay "
+        "over the %zu prefixes; medians of 3 alternating runs\n",
+        rt.size(), entries);
+    figure("rt_entries", static_cast<double>(rt.size()), "%.0f");
+    figure("rt_set_mib", rss_set, "%.1f");
+    figure("rt_overlay_build_ms", ov_ms, "%.1f");
+    figure("rt_overlay_mib", static_cast<double>(ov->memory_bytes()) / (1 << 20), "%.1f");
+    figure("rt_overlay_ranges_v4", static_cast<double>(ov->matcher.ranges_v4()), "%.0f");
+    figure("rt_decided_ratio", static_cast<double>(rt_hits) / static_cast<double>(xs.size()),
+           "%.3f");
+    figure("rt_lookup_without_median_ns", base_med[1], "%.1f");
+    figure("rt_lookup_with_median_ns", with_med[1], "%.1f");
+    figure("rt_lookup_with_p99_ns", with.p99, "%.1f");
+    figure("rt_lookup_ratio", with_med[1] / base_med[1], "%.2f");
+    t0 = Clock::now();
+    const std::string state = rt.encode();
+    const double enc_ms = ms_since(t0);
+    t0 = Clock::now();
+    const size_t decoded = ipc::RuntimeEntries::decode(state).size();
+    const double dec_ms = ms_since(t0);
+    figure("rt_pool_state_mib", static_cast<double>(state.size()) / (1 << 20), "%.2f");
+    figure("rt_pool_state_encode_ms", enc_ms, "%.1f");
+    figure("rt_pool_state_decode_ms", dec_ms, "%.1f");
+    if (decoded != rt.size()) std::printf("# pool state round trip FAILED\n");
+  }
   matcher.reset();
   trim_heap();
 
