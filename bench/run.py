@@ -24,6 +24,10 @@
            requests through the filter, as a ratio and a difference to a frontend without the
            filter in the same HAProxy, measured interleaved on keep-alive connections (the
            figure tests/integration/test_mirror.py used to assert; tests count outcomes only).
+  ip-store 100,000 ip-checker runtime entries added through Redis (bench/ip_store.py): the time
+           until two spoad instances applied them, RSS per worker, and lookup cost with and
+           without them (e2e req/s through HAProxy, spoa-bench with random addresses, and
+           ip-checker-bench --runtime in process), same run.
 
 The machines are shared and noisy: every figure is a median of several rounds, and the
 comparisons are ratios against a baseline measured in the same run.
@@ -41,6 +45,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 import harness  # noqa: E402
+import ip_store  # noqa: E402
 
 BUILD = os.environ.get("BUILD_DIR", os.path.join(harness.SOURCE_ROOT, "build"))
 SPOA_BENCH = os.path.join(BUILD, "cmd", "spoa-bench", "spoa-bench")
@@ -1037,7 +1042,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("which", nargs="*",
                     default=["agent", "e2e", "metrics", "memory", "reload", "reload-haproxy",
-                             "tracing", "mirror", "mirror-down"])
+                             "tracing", "mirror", "mirror-down", "ip-store"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     a = ap.parse_args()
@@ -1050,7 +1055,9 @@ def main():
          "reload-haproxy": lambda: bench_reload_haproxy(max(7, a.rounds)),
          "tracing": lambda: bench_tracing(a.rounds, a.seconds),
          "mirror": lambda: bench_mirror(a.rounds, a.seconds),
-         "mirror-down": lambda: bench_mirror_down(max(5, a.rounds))}[w]()
+         "mirror-down": lambda: bench_mirror_down(max(5, a.rounds)),
+         "ip-store": lambda: ip_store.bench(a.rounds, a.seconds, fig, wrk, SPOA_BENCH,
+                                            IPC_BENCH)}[w]()
 
 
 if __name__ == "__main__":
