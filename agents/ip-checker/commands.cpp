@@ -262,6 +262,8 @@ std::string IpCheckerAgent::cmd_show_store() const {
          " write_failures=" + std::to_string(store_ ? store_->write_failures() : 0) +
          " changes_received=" + std::to_string(store_ ? store_->changes_received() : 0) +
          " changes_ignored=" + std::to_string(store_ignored_) +
+         " malformed=" + std::to_string(store_ ? store_->malformed() : 0) +
+         " budget_refusals=" + std::to_string(store_ ? store_->budget_refusals() : 0) +
          " writes_refused=" + std::to_string(store_refused_writes_.get()) +
          " runtime_entries=" + std::to_string(runtime_.size()) + "\n";
   return out;

@@ -368,12 +368,19 @@ void IpCheckerAgent::register_metrics() {
         {}, metrics::Unit::kNone, metrics::Merge::kMax);
     store_resyncs_ = m.counter("spoad_ip_checker_store_resyncs_total",
                                "Full reads of the shared store, after each (re)connection");
-    store_reconnects_ = m.counter("spoad_ip_checker_store_reconnects_total",
-                                  "Reconnections to the shared store after a lost connection");
+    store_reconnects_ =
+        m.counter("spoad_ip_checker_store_reconnects_total",
+                  "Connection attempts to the shared store after a lost or failed one");
     store_write_failures_ = m.counter("spoad_ip_checker_store_write_failures_total",
                                       "Writes to the shared store that failed after being sent");
     store_received_ = m.counter("spoad_ip_checker_store_changes_received_total",
                                 "Changes announced by other instances through the shared store");
+    store_malformed_ = m.counter(
+        "spoad_ip_checker_store_malformed_total",
+        "Keys, values and announcements read from the shared store that do not parse (skipped)");
+    store_budget_refusals_ =
+        m.counter("spoad_ip_checker_store_budget_refusals_total",
+                  "Resyncs refused for holding more than store.max-entries or store.max-bytes");
     store_refused_writes_ =
         m.counter("spoad_ip_checker_store_writes_refused_total",
                   "CLI changes refused because the shared store was disconnected");

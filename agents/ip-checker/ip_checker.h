@@ -262,6 +262,7 @@ class IpCheckerAgent : public agent::Agent {
   metrics::Gauge store_connected_;           // spoad_ip_checker_store_connected
   metrics::Gauge store_disconnected_since_;  // ..._store_disconnected_since_seconds
   metrics::Counter store_resyncs_, store_reconnects_, store_write_failures_, store_received_;
+  metrics::Counter store_malformed_, store_budget_refusals_;
   metrics::Counter store_refused_writes_;  // CLI changes refused: store disconnected
 };
 

@@ -265,6 +265,8 @@ void IpCheckerAgent::sync_store_metrics() {
   follow(store_reconnects_, store_->reconnects());
   follow(store_write_failures_, store_->write_failures());
   follow(store_received_, store_->changes_received());
+  follow(store_malformed_, store_->malformed());
+  follow(store_budget_refusals_, store_->budget_refusals());
 }
 
 void IpCheckerAgent::runtime_stats(nlohmann::json& out) const {
@@ -298,6 +300,8 @@ void IpCheckerAgent::runtime_stats(nlohmann::json& out) const {
   st["write_failures"] = store_ ? store_->write_failures() : 0;
   st["changes_received"] = store_ ? store_->changes_received() : 0;
   st["changes_ignored"] = store_ignored_;
+  st["malformed"] = store_ ? store_->malformed() : 0;
+  st["budget_refusals"] = store_ ? store_->budget_refusals() : 0;
   st["writes_refused"] = store_refused_writes_.get();
   out["store"] = std::move(st);
 }
