@@ -19,6 +19,7 @@
 
 #include "agents/ip-checker/commands.h"
 #include "spop/reader.h"
+#include "util/clock.h"
 #include "util/escape.h"
 #include "util/log.h"
 
@@ -130,15 +131,8 @@ std::unique_ptr<agent::Agent> create(const agent::Context& ctx, const agent::Age
   return std::make_unique<IpCheckerAgent>(ctx, static_cast<const IpCheckerOptions&>(o));
 }
 
-int64_t wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
+using util::ms_since;
+using util::wall_ms;
 
 // "2024-05-01T12:00:00Z", or "-" for 0.
 std::string format_time(int64_t ms) {

@@ -5,6 +5,7 @@
 
 #include "agents/ip-checker/commands.h"
 #include "agents/ip-checker/ip_checker.h"
+#include "util/clock.h"
 #include "util/escape.h"
 
 namespace spoad::agents::ip_checker {
@@ -13,20 +14,12 @@ namespace {
 
 constexpr size_t kMaxPoolState = 60u << 20;  // bytes; past it comments are left out
 
-int64_t system_wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
+using util::ms_since;
 
 }  // namespace
 
 int64_t IpCheckerAgent::clock_ms() const {
-  return wall_clock_ ? wall_clock_() : system_wall_ms();
+  return wall_clock_ ? wall_clock_() : util::wall_ms();
 }
 
 void IpCheckerAgent::warn_runtime(const std::string& what) {
