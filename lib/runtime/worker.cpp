@@ -1,5 +1,7 @@
 #include "runtime/worker.h"
 
+#include <memory>
+
 #include "agent/registry.h"
 #include "util/escape.h"
 #include "util/log.h"
@@ -26,9 +28,12 @@ void Worker::start(const std::vector<std::vector<int>>& fds) {
     ctx.loop = loop_;
     ctx.log = util::make_logger(ac.name);
     ctx.metrics = metrics::Scope(arena_, ac.name, ac.type);
-    ctx.pool_state_changed = [this, i] {
+    // Set when the pool state did not restore: this worker then holds less than its pool, and
+    // its state must never replace the master's copy (the next new worker would start with it).
+    auto muted = std::make_shared<bool>(false);
+    ctx.pool_state_changed = [this, i, muted] {
       // servers_[i] exists once the constructor returned; a call from it is ignored.
-      if (pool_state_cb_ && i < servers_.size()) pool_state_cb_(*servers_[i]);
+      if (pool_state_cb_ && i < servers_.size() && !*muted) pool_state_cb_(*servers_[i]);
     };
     metrics::Counter restore_failures =
         ctx.metrics.counter("spoad_pool_state_restore_failures_total",
@@ -41,8 +46,11 @@ void Worker::start(const std::vector<std::vector<int>>& fds) {
         ctx.log->info("pool state restored ({} bytes)", it->second.size());
       } catch (const std::exception& e) {
         ++restore_failures;
-        ctx.log->error("cannot restore the pool state ({} bytes): {}; serving without it",
-                       it->second.size(), util::printable(e.what(), 1024));
+        *muted = true;
+        ctx.log->error(
+            "cannot restore the pool state ({} bytes): {}; serving without it, and not "
+            "reporting this worker's pool state to the master",
+            it->second.size(), util::printable(e.what(), 1024));
       }
       pool_states_.erase(it);
     }

@@ -808,17 +808,21 @@ void Master::on_tick(uv_timer_t* t) {
                                                                    : m->current_->errors);
   if (m->next_ && now >= m->next_->deadline_ms)
     m->generation_failed(*m->next_, m->next_->errors + "new workers not ready in time\n");
+  // Collected first, called after: an answer may run the client's next command, and a
+  // `reload` there spawns workers, which grows procs_ under this loop.
+  std::vector<std::function<void(cli::WorkerAnswer)>> expired;
   for (auto& p : m->procs_) {
     for (auto it = p->cli.begin(); it != p->cli.end();) {
       if (now < it->second.deadline_ms) {
         ++it;
         continue;
       }
-      auto done = std::move(it->second.done);
+      expired.push_back(std::move(it->second.done));
       it = p->cli.erase(it);
-      done({cli::WorkerAnswer::Status::kNoAnswer, {}});
     }
   }
+  for (auto& done : expired)
+    done({cli::WorkerAnswer::Status::kNoAnswer, {}});
 }
 
 // ---- reload -------------------------------------------------------------------------------

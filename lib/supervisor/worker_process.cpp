@@ -124,7 +124,14 @@ class WorkerProcess {
   void send_pool_state(runtime::Server& s) {
     if (!ch_ || !master_reads_results_) return;
     const std::string& name = s.config().name;
-    std::string state = s.agent().pool_state();
+    std::string state;
+    try {  // called from the agent's timers and CLI commands: nothing may escape into libuv
+      state = s.agent().pool_state();
+    } catch (const std::exception& e) {
+      log_->error("cannot encode the pool state of {}: {}; the master keeps the previous one", name,
+                  util::printable(e.what(), 1024));
+      return;
+    }
     // Frame header, two lengths: well within 32 bytes.
     if (state.size() + name.size() + 32 > msg::kMaxMessage) {
       ++pool_state_too_big_;
