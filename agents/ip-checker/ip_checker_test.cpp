@@ -1196,6 +1196,8 @@ TEST_F(IpCheckerLoop, StoreCarriesChangesBetweenAgents) {
   ctx.log = util::make_logger("iprep");
   IpCheckerAgent a(ctx, static_cast<const IpCheckerOptions&>(*opts));
   ctx.metrics = metrics::Scope(arena, "iprep", "ip-checker");
+  // From before b exists: b's first notice (after its first resync) falls in this window too.
+  const auto t0 = std::chrono::steady_clock::now();
   int b_told = 0;
   ctx.pool_state_changed = [&] { ++b_told; };
   IpCheckerAgent b(ctx, static_cast<const IpCheckerOptions&>(*opts));
@@ -1208,7 +1210,6 @@ TEST_F(IpCheckerLoop, StoreCarriesChangesBetweenAgents) {
       &loop_, [&] { return connected(a) && connected(b); }, 20000));
   EXPECT_EQ(series(*arena, "spoad_ip_checker_store_connected", ""), 1u);
 
-  const auto t0 = std::chrono::steady_clock::now();
   EXPECT_EQ(cli(a, "add ip deny runtime 10.0.0.0/24 ttl 1h comment from A"),
             "added 10.0.0.0/24 to runtime (deny, score 80, ttl 3600s)\n");
   ASSERT_TRUE(run_until(&loop_, [&] { return b.check(Address::V4(0x0a000001)).score == 80; }));

@@ -8,7 +8,7 @@ workers, a deny list `runtime` (score 100, no file, no entries: a list for runti
 own HAProxy (harness.HAPROXY, Debian's 2.6 by default) whose frontend answers 403 when
 txn.iprep.blocked is true and 200 otherwise, with X-SPOE-Error when the SPOE filter failed.
 
-- `@iprep add ip deny runtime 127.0.0.1 ttl 4s` on A's CLI (socat): A's HAProxy answers 403 on
+- `@iprep add ip deny runtime 127.0.0.1 ttl 20s` on A's CLI (socat): A's HAProxy answers 403 on
   the next requests; B's answers 403 once the change arrived (the time is printed: the issue
   claims 1 s, the test only fails if it never arrives); both answer 200 again after the TTL,
   and neither answered 200 before the entry's expiry.
@@ -42,6 +42,7 @@ import supervisor as sv  # noqa: E402
 
 AGENT = "iprep"
 LIST = "runtime"
+TTL_S = 20  # seconds: the ban of the first case
 
 SPOAD_YAML = """
 agents:
@@ -343,7 +344,9 @@ class IpStore(unittest.TestCase):
         self.addCleanup(stop.set)
 
         t0 = time.time()
-        out = sv.socat_cmd(a.sock, "@%s add ip deny %s 127.0.0.1 ttl 4s" % (AGENT, LIST))
+        # Long enough that the checks below (requests on both hosts, several CLI calls) end
+        # before the expiry on a loaded machine; the expiry itself is then waited for.
+        out = sv.socat_cmd(a.sock, "@%s add ip deny %s 127.0.0.1 ttl %ds" % (AGENT, LIST, TTL_S))
         t1 = time.time()
         self.assert_applied(out)
         # The add answers once every worker of A applied it: the next requests are refused
@@ -363,13 +366,13 @@ class IpStore(unittest.TestCase):
         for h in (a, b):
             self.assert_runtime_verdict(h, "127.0.0.1", expiring=True)
 
-        # Expiry: the agent sets expires_s = now + 4 s, "now" being between t0 and t1. No answer
+        # Expiry: the agent sets expires_s = now + TTL_S, "now" being between t0 and t1. No answer
         # received before that can be a 200; after it, both hosts let the client through.
         expires = self.entry_expiry(a, "127.0.0.1")
-        lower = math.floor(t0) + 4
+        lower = math.floor(t0) + TTL_S
         if expires is not None:
             self.assertGreaterEqual(expires, lower)
-            self.assertLessEqual(expires, math.ceil(t1) + 4)
+            self.assertLessEqual(expires, math.ceil(t1) + TTL_S)
             lower = expires
         # Both hosts polled in turn until both let the client through again.
         answers = {a.name: [], b.name: []}
