@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "spop/reader.h"
+#include "util/text.h"
 
 namespace spoad::agents::echo {
 
@@ -42,14 +43,7 @@ std::string sha256_hex(std::string_view data) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-  std::string hex;
-  hex.reserve(len * 2);
-  static const char digits[] = "0123456789abcdef";
-  for (unsigned i = 0; i < len; ++i) {
-    hex += digits[md[i] >> 4];
-    hex += digits[md[i] & 15];
-  }
-  return hex;
+  return util::hex_encode(md, len);
 }
 
 EchoAgent::EchoAgent(const agent::Context& ctx, const EchoOptions& opts) : ctx_(ctx), opts_(opts) {}

@@ -6,7 +6,9 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <yaml-cpp/yaml.h>
 
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -314,11 +316,40 @@ TEST(MirrorAgent, InFlightBoundAndTimeout) {
   EXPECT_TRUE(m.stop(loop.get()));
 }
 
+// Holds the target's answer until open() (or the gate's end): the handler calls wait().
+class Gate {
+ public:
+  ~Gate() { open(); }
+  void wait() {
+    std::unique_lock<std::mutex> l(mu_);
+    entered_ = true;
+    cv_.wait(l, [this] { return open_; });
+  }
+  bool entered() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return entered_;
+  }
+  void open() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool entered_ = false;
+  bool open_ = false;
+};
+
 TEST(MirrorAgent, StopWaitsForReplaysInFlight) {
   TestLoop loop;
   TestHttpServer srv;
-  srv.set_handler([](const TestHttpServer::Request&) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  Gate gate;  // declared after srv: opened before the server thread is joined
+  srv.set_handler([&gate](const TestHttpServer::Request&) {
+    gate.wait();
     return TestHttpServer::Response{};
   });
   Mirror m(loop.get(), target_yaml(srv));
@@ -326,8 +357,14 @@ TEST(MirrorAgent, StopWaitsForReplaysInFlight) {
   bool done = false;
   m.agent().stop([&done] { done = true; });
   EXPECT_FALSE(done);
+  // The replay reaches the target, which holds its answer: stop() is still waiting.
   ASSERT_TRUE(run_until(
-      loop.get(), [&] { return done; }, 3000));
+      loop.get(), [&] { return gate.entered() || done; }, 10000));
+  EXPECT_TRUE(gate.entered());
+  EXPECT_FALSE(done);
+  gate.open();
+  ASSERT_TRUE(run_until(
+      loop.get(), [&] { return done; }, 10000));
   EXPECT_EQ(m.stats().sent, 1u);  // completed, not cancelled
 }
 

@@ -3,10 +3,14 @@
 #include <cstdint>
 
 #include "spop/varint.h"
+#include "util/text.h"
 
 namespace spoad::agents::mirror {
 
 namespace {
+
+using util::iequals;
+using util::trim;
 
 bool is_tchar(unsigned char c) {
   // RFC 9110 5.6.2: token = 1*tchar
@@ -46,18 +50,6 @@ bool value_ok(std::string_view v) {
   return true;
 }
 
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-    s.remove_suffix(1);
-  return s;
-}
-
-char lower(char c) {
-  return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
 // Reads <varint length><bytes> at `*pos`; false if truncated or the varint is bad.
 bool read_str(std::string_view in, size_t* pos, std::string_view* out) {
   uint64_t len = 0;
@@ -78,13 +70,6 @@ bool contains_name(const std::vector<std::string_view>& names, std::string_view 
 }
 
 }  // namespace
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (lower(a[i]) != lower(b[i])) return false;
-  return true;
-}
 
 std::string decode_hdrs_bin(std::string_view in, std::vector<Header>* out) {
   out->clear();

@@ -45,9 +45,6 @@ bool request_target(std::string_view url, std::string* out);
 // Proxy-Authorization, Proxy-Authenticate, Expect and Content-Length. Case-insensitive.
 bool is_hop_by_hop(std::string_view name);
 
-// ASCII case-insensitive equality.
-bool iequals(std::string_view a, std::string_view b);
-
 // What a replay carries besides its body and URL.
 struct ReplayHeaders {
   // Lines for curl's CURLOPT_HTTPHEADER, in the order of the request: "Name: value", "Name;"

@@ -10,6 +10,7 @@
 #include <limits>
 #include <sstream>
 
+#include "util/text.h"
 #include "version.h"
 
 namespace spoad::bench {
@@ -23,13 +24,6 @@ bool parse_number(std::string_view s, T* out) {
   const char* end = s.data() + s.size();
   auto [p, ec] = std::from_chars(s.data(), end, *out);
   return ec == std::errc() && p == end;
-}
-
-int hex_digit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
 }
 
 bool parse_binary(const std::string& v, std::string* out, std::string* err) {
@@ -50,14 +44,9 @@ bool parse_binary(const std::string& v, std::string* out, std::string* err) {
     *err = "odd number of hex digits";
     return false;
   }
-  out->clear();
-  for (size_t i = 0; i < hex.size(); i += 2) {
-    const int hi = hex_digit(hex[i]), lo = hex_digit(hex[i + 1]);
-    if (hi < 0 || lo < 0) {
-      *err = "not hex digits (use @FILE for a file's content)";
-      return false;
-    }
-    out->push_back(static_cast<char>(hi * 16 + lo));
+  if (!util::hex_decode(hex, out)) {
+    *err = "not hex digits (use @FILE for a file's content)";
+    return false;
   }
   return true;
 }

@@ -7,13 +7,11 @@ namespace spoad::agent {
 void Reply::set_var(spop::Scope scope, std::string_view name, const spop::Value& v) {
   spop::Writer w(actions_);
   w.set_var(scope, name, v);
-  ++action_count_;
 }
 
 void Reply::unset_var(spop::Scope scope, std::string_view name) {
   spop::Writer w(actions_);
   w.unset_var(scope, name);
-  ++action_count_;
 }
 
 Deferred Reply::defer() {
@@ -25,7 +23,6 @@ void Reply::reset(Owner* owner, uint64_t stream_id, uint64_t frame_id) {
   stream_id_ = stream_id;
   frame_id_ = frame_id;
   holds_ = 1;
-  action_count_ = 0;
   actions_.clear();
 }
 

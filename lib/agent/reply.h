@@ -58,8 +58,6 @@ class Reply {
   // The connection is closing: the ACK will never be sent.
   void detach() { owner_ = nullptr; }
   const std::vector<uint8_t>& actions() const { return actions_; }
-  uint32_t action_count() const { return action_count_; }
-  int holds() const { return holds_; }
   // Position in the owner's table of outstanding replies.
   size_t slot() const { return slot_; }
   void set_slot(size_t s) { slot_ = s; }
@@ -72,7 +70,6 @@ class Reply {
   uint64_t stream_id_ = 0;
   uint64_t frame_id_ = 0;
   int holds_ = 0;
-  uint32_t action_count_ = 0;
   size_t slot_ = 0;
   uint64_t start_us_ = 0;
   std::vector<uint8_t> actions_;  // encoded LIST-OF-ACTIONS

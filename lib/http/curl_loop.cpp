@@ -20,19 +20,6 @@ struct CloseState {
 
 }  // namespace
 
-// Allocated with new; freed by on_handle_closed(), which may run after the CurlLoop is gone.
-struct CurlLoop::Handle {
-  CurlLoop* self = nullptr;  // nulled when the CurlLoop is destroyed first
-  bool closing = false;
-  curl_socket_t fd = CURL_SOCKET_BAD;  // polls: the socket curl asked us to watch
-  std::shared_ptr<CloseState> close_state;
-  union {
-    uv_handle_t handle;
-    uv_poll_t poll;
-    uv_timer_t timer;
-  } u;
-};
-
 CurlLoop::CurlLoop(uv_loop_t* loop) : loop_(loop) {
   std::call_once(g_curl_init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   multi_ = curl_multi_init();
@@ -41,9 +28,9 @@ CurlLoop::CurlLoop(uv_loop_t* loop) : loop_(loop) {
   curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
   curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &CurlLoop::on_curl_timer);
   curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
-  timer_ = new_handle();
+  timer_ = handles_.make();
   uv_timer_init(loop_, &timer_->u.timer);
-  defer_timer_ = new_handle();
+  defer_timer_ = handles_.make();
   uv_timer_init(loop_, &defer_timer_->u.timer);
 }
 
@@ -54,40 +41,11 @@ CurlLoop::~CurlLoop() {
       curl_multi_remove_handle(multi_, easy);
     transfers_.clear();
     deferred_.clear();
-    const std::vector<Handle*> hs(handles_.begin(), handles_.end());
-    for (Handle* h : hs)
-      close_handle(h);
+    handles_.close_all();
     curl_multi_cleanup(multi_);
     multi_ = nullptr;
   }
-  for (Handle* h : handles_)
-    h->self = nullptr;
-}
-
-CurlLoop::Handle* CurlLoop::new_handle() {
-  auto* h = new Handle;
-  h->self = this;
-  h->u.handle.data = h;
-  handles_.insert(h);
-  return h;
-}
-
-void CurlLoop::close_handle(Handle* h) {
-  if (h->closing) return;
-  h->closing = true;
-  uv_close(&h->u.handle, &CurlLoop::on_handle_closed);
-}
-
-void CurlLoop::on_handle_closed(uv_handle_t* uh) {
-  auto* h = static_cast<Handle*>(uh->data);
-  std::shared_ptr<CloseState> st = std::move(h->close_state);
-  if (h->self) h->self->handles_.erase(h);
-  delete h;
-  // Last: `done` may destroy the CurlLoop.
-  if (st && --st->left == 0 && st->done) {
-    auto done = std::move(st->done);
-    done();
-  }
+  // handles_ goes last: the boxes still closing forget this object.
 }
 
 void CurlLoop::add(CURL* easy, Done done) {
@@ -138,12 +96,17 @@ void CurlLoop::close(std::function<void()> done) {
   cancel_all();
   auto st = std::make_shared<CloseState>();
   st->done = std::move(done);
-  // Stop watching curl's sockets before curl closes them.
-  const std::vector<Handle*> hs(handles_.begin(), handles_.end());
+  // Stop watching curl's sockets before curl closes them. `done` runs once every handle is
+  // freed, also the ones already closing; this object may be gone by then.
+  const std::vector<Handle*> hs(handles_.boxes().begin(), handles_.boxes().end());
+  st->left = hs.size();
   for (Handle* h : hs) {
-    h->close_state = st;
-    ++st->left;
-    close_handle(h);
+    handles_.close(h, [st] {
+      if (--st->left == 0 && st->done) {
+        auto d = std::move(st->done);
+        d();
+      }
+    });
   }
   timer_ = defer_timer_ = nullptr;
   curl_multi_cleanup(multi_);  // closes the cached connections
@@ -161,22 +124,21 @@ int CurlLoop::on_curl_socket(CURL*, curl_socket_t s, int what, void* userp, void
     // curl is done with the socket and may close it right after: stop polling it now.
     if (h) {
       if (!self->closed_) curl_multi_assign(self->multi_, s, nullptr);
-      self->close_handle(h);
+      self->handles_.close(h);
     }
     return 0;
   }
   if (self->closed_) return 0;
   if (!h) {
-    h = self->new_handle();
-    h->fd = s;
+    h = self->handles_.make();
+    h->extra.fd = s;
     if (uv_poll_init_socket(self->loop_, &h->u.poll, s) != 0) {
-      self->handles_.erase(h);
-      delete h;
+      self->handles_.discard(h);
       return -1;
     }
     curl_multi_assign(self->multi_, s, h);
   }
-  if (h->closing) return 0;
+  if (h->closing()) return 0;
   int events = 0;
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
@@ -196,8 +158,8 @@ int CurlLoop::on_curl_timer(CURLM*, long timeout_ms, void* userp) {
 }
 
 void CurlLoop::on_poll(uv_poll_t* p, int status, int events) {
-  auto* h = static_cast<Handle*>(p->data);
-  if (!h->self || h->closing) return;
+  auto* h = Handle::from(p);
+  if (!h->live()) return;
   int flags = 0;
   if (status < 0) {
     flags = CURL_CSELECT_ERR;
@@ -205,19 +167,19 @@ void CurlLoop::on_poll(uv_poll_t* p, int status, int events) {
     if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
     if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   }
-  h->self->socket_action(h->fd, flags);
+  h->owner()->socket_action(h->extra.fd, flags);
 }
 
 void CurlLoop::on_timer(uv_timer_t* t) {
-  auto* h = static_cast<Handle*>(t->data);
-  if (!h->self || h->closing) return;
-  h->self->socket_action(CURL_SOCKET_TIMEOUT, 0);
+  auto* h = Handle::from(t);
+  if (!h->live()) return;
+  h->owner()->socket_action(CURL_SOCKET_TIMEOUT, 0);
 }
 
 void CurlLoop::on_defer_timer(uv_timer_t* t) {
-  auto* h = static_cast<Handle*>(t->data);
-  if (!h->self || h->closing) return;
-  h->self->run_deferred();
+  auto* h = Handle::from(t);
+  if (!h->live()) return;
+  h->owner()->run_deferred();
 }
 
 void CurlLoop::socket_action(curl_socket_t s, int flags) {

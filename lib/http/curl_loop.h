@@ -12,8 +12,9 @@
 #include <cstdint>
 #include <functional>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
+
+#include "util/uv_handle.h"
 
 namespace spoad::http {
 
@@ -57,7 +58,11 @@ class CurlLoop {
   uv_loop_t* loop() const { return loop_; }
 
  private:
-  struct Handle;  // a uv_poll_t or uv_timer_t, freed in its close callback
+  struct Watched {
+    curl_socket_t fd = CURL_SOCKET_BAD;  // polls: the socket curl asked us to watch
+  };
+  using Handles = util::UvHandles<CurlLoop, Watched>;
+  using Handle = Handles::Box;  // a uv_poll_t or uv_timer_t
   struct Transfer {
     uint64_t seq;  // order of add(), for cancel_all()
     Done done;
@@ -73,19 +78,16 @@ class CurlLoop {
   static void on_poll(uv_poll_t* h, int status, int events);
   static void on_timer(uv_timer_t* t);
   static void on_defer_timer(uv_timer_t* t);
-  static void on_handle_closed(uv_handle_t* h);
 
-  Handle* new_handle();
-  void close_handle(Handle* h);
   void socket_action(curl_socket_t s, int flags);
   void check_done();
   void run_deferred();
 
   uv_loop_t* loop_;
   CURLM* multi_ = nullptr;
-  Handle* timer_ = nullptr;              // curl's timeout
-  Handle* defer_timer_ = nullptr;        // reports transfers that could not start
-  std::unordered_set<Handle*> handles_;  // every handle not yet freed (closing ones too)
+  Handles handles_{this};          // every handle not yet freed (closing ones too)
+  Handle* timer_ = nullptr;        // curl's timeout
+  Handle* defer_timer_ = nullptr;  // reports transfers that could not start
   std::unordered_map<CURL*, Transfer> transfers_;
   uint64_t next_seq_ = 0;
   std::vector<Deferred> deferred_;

@@ -1,6 +1,7 @@
 #include "spop/frames.h"
 
 #include "spop/writer.h"
+#include "util/text.h"  // header-only: spop still links nothing
 
 namespace spoad::spop {
 
@@ -23,17 +24,9 @@ constexpr std::string_view kStatusTexts[] = {
     "resource allocation error",
 };
 
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-    s.remove_suffix(1);
-  return s;
-}
-
 // Parses "M.m" (spaces around allowed). Returns false if it is not two decimal numbers.
 bool parse_version(std::string_view v, unsigned* major, unsigned* minor) {
-  v = trim(v);
+  v = util::trim(v);
   const size_t dot = v.find('.');
   if (dot == std::string_view::npos || dot == 0 || dot + 1 == v.size()) return false;
   unsigned parts[2] = {0, 0};
@@ -196,7 +189,7 @@ Capabilities parse_capabilities(std::string_view list) {
   Capabilities c;
   while (!list.empty()) {
     const size_t comma = list.find(',');
-    const std::string_view tok = trim(list.substr(0, comma));
+    const std::string_view tok = util::trim(list.substr(0, comma));
     if (tok == "pipelining")
       c.pipelining = true;
     else if (tok == "async")

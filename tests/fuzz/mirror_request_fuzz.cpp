@@ -17,6 +17,7 @@
 #include "agents/mirror/request.h"
 #include "fuzz_check.h"
 #include "spop/varint.h"
+#include "util/text.h"
 
 using namespace spoad::agents::mirror;
 
@@ -89,8 +90,8 @@ void check_build(std::string_view in, const std::vector<Header>& headers) {
     if (i >= from_request) continue;
     FUZZ_CHECK(!is_hop_by_hop(name));
     for (const std::string& x : rules.remove)
-      FUZZ_CHECK(!iequals(x, name));
-    if (!rules.keep_host) FUZZ_CHECK(!iequals(name, "host"));
+      FUZZ_CHECK(!spoad::util::iequals(x, name));
+    if (!rules.keep_host) FUZZ_CHECK(!spoad::util::iequals(name, "host"));
   }
 }
 
