@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "agent/agent.h"
-#include "config/options.h"
+#include "options/options.h"
 
 namespace spoad::agent {
 

@@ -2,8 +2,6 @@
 
 #include <ctime>
 
-#include "spop/frames.h"
-
 namespace spoad::cli {
 
 namespace {

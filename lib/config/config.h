@@ -32,7 +32,7 @@
 #include <string_view>
 #include <vector>
 
-#include "config/options.h"
+#include "options/options.h"
 
 namespace spoad::agent {
 class AgentOptions;

@@ -142,7 +142,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size_t total = 0;
   for (const List& l : lists)
     total += l.parsed.prefixes.size();
-  FUZZ_CHECK(m.prefixes() == total && m.list_count() == lists.size());
+  FUZZ_CHECK(m.prefixes() == total);
+  for (size_t i = 0; i < lists.size(); ++i)
+    FUZZ_CHECK(m.list_name(static_cast<int32_t>(i)) == lists[i].info.name);
+  FUZZ_CHECK(m.list_name(static_cast<int32_t>(lists.size())).empty());
 
   // Probe addresses: the edges of each prefix and one step beyond them.
   size_t probes = 0;

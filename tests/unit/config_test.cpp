@@ -8,7 +8,7 @@
 #include <string>
 
 #include "config/config.h"
-#include "config/options.h"
+#include "options/options.h"
 
 namespace spoad::config {
 namespace {

@@ -1,9 +1,11 @@
-#include "config/options.h"
+#include "options/options.h"
 
 #include <cerrno>
 #include <charconv>
 #include <cstdlib>
+#include <initializer_list>
 #include <limits>
+#include <utility>
 
 namespace spoad::config {
 
@@ -66,53 +68,40 @@ std::string expand_env(std::string_view in) {
   return out;
 }
 
-bool parse_duration_ms(std::string_view s, uint64_t* ms) {
+namespace {
+
+// "<digits><unit>" -> the digits times the multiplier of the unit (one of `units`) into *out;
+// false if there are no digits, the unit is not listed or the product overflows 64 bits.
+bool parse_scaled(std::string_view s,
+                  std::initializer_list<std::pair<std::string_view, uint64_t>> units,
+                  uint64_t* out) {
   size_t n = 0;
   while (n < s.size() && s[n] >= '0' && s[n] <= '9')
     ++n;
   uint64_t v = 0;
   if (!parse_u64(s.substr(0, n), &v)) return false;
   const std::string_view unit = s.substr(n);
-  uint64_t mult = 0;
-  if (unit.empty() || unit == "ms")
-    mult = 1;
-  else if (unit == "s")
-    mult = 1000;
-  else if (unit == "m")
-    mult = 60'000;
-  else if (unit == "h")
-    mult = 3'600'000;
-  else if (unit == "d")
-    mult = 86'400'000;
-  else
-    return false;
-  if (v > std::numeric_limits<uint64_t>::max() / mult) return false;
-  *ms = v * mult;
-  return true;
+  for (const auto& [name, mult] : units) {
+    if (unit != name) continue;
+    if (v > std::numeric_limits<uint64_t>::max() / mult) return false;
+    *out = v * mult;
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool parse_duration_ms(std::string_view s, uint64_t* ms) {
+  return parse_scaled(
+      s, {{"", 1}, {"ms", 1}, {"s", 1000}, {"m", 60'000}, {"h", 3'600'000}, {"d", 86'400'000}}, ms);
 }
 
 bool parse_size(std::string_view s, uint64_t* bytes) {
-  size_t n = 0;
-  while (n < s.size() && s[n] >= '0' && s[n] <= '9')
-    ++n;
-  uint64_t v = 0;
-  if (!parse_u64(s.substr(0, n), &v)) return false;
-  std::string_view unit = s.substr(n);
-  if (!unit.empty() && (unit.back() == 'b' || unit.back() == 'B')) unit.remove_suffix(1);
-  uint64_t mult = 0;
-  if (unit.empty())
-    mult = 1;
-  else if (unit == "k" || unit == "K")
-    mult = 1ull << 10;
-  else if (unit == "m" || unit == "M")
-    mult = 1ull << 20;
-  else if (unit == "g" || unit == "G")
-    mult = 1ull << 30;
-  else
-    return false;
-  if (v > std::numeric_limits<uint64_t>::max() / mult) return false;
-  *bytes = v * mult;
-  return true;
+  if (!s.empty() && (s.back() == 'b' || s.back() == 'B')) s.remove_suffix(1);  // "16kb", "512B"
+  constexpr uint64_t k = 1ull << 10, m = 1ull << 20, g = 1ull << 30;
+  return parse_scaled(s, {{"", 1}, {"k", k}, {"K", k}, {"m", m}, {"M", m}, {"g", g}, {"G", g}},
+                      bytes);
 }
 
 Options::Options(YAML::Node node, std::shared_ptr<const std::string> file, std::string path)

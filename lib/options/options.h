@@ -4,6 +4,9 @@
 //
 // Scalars may use environment variables as HAProxy's configuration does:
 // "${NAME}" and "${NAME-default}" (the default replaces an unset variable, not an empty one).
+//
+// Layer: below lib/agent (an agent type's parse() takes an Options) and lib/config (the loader
+// reads the file with it); it includes nothing from lib/. The names stay in spoad::config.
 #pragma once
 
 #include <yaml-cpp/yaml.h>
