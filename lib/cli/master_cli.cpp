@@ -598,7 +598,7 @@ void MasterCli::accept_one() {
 void MasterCli::session_closed(Session* s) {
   sessions_.erase(s);
   if (waiting_) accept_one();
-  maybe_closed();
+  report_closed_when_done();
 }
 
 void MasterCli::close(std::function<void()> done) {
@@ -610,16 +610,16 @@ void MasterCli::close(std::function<void()> done) {
     uv_close(reinterpret_cast<uv_handle_t*>(&listener_), [](uv_handle_t* h) {
       auto* cli = static_cast<MasterCli*>(h->data);
       cli->listener_closing_ = false;
-      cli->maybe_closed();
+      cli->report_closed_when_done();
     });
   }
   std::vector<Session*> all(sessions_.begin(), sessions_.end());
   for (Session* s : all)
     s->close();
-  maybe_closed();
+  report_closed_when_done();
 }
 
-void MasterCli::maybe_closed() {
+void MasterCli::report_closed_when_done() {
   if (!closing_ || !sessions_.empty() || listener_closing_ || !closed_cb_) return;
   auto cb = std::move(closed_cb_);
   closed_cb_ = nullptr;

@@ -115,7 +115,7 @@ class MasterCli {
   static void on_connection(uv_stream_t* s, int status);
   void accept_one();
   void session_closed(Session* s);
-  void maybe_closed();
+  void report_closed_when_done();
   // Counts and logs (at most 5 lines a second) a client closed by a budget.
   void budget_hit(uint64_t& counter, const std::string& why);
   // The master-level `show info` fields: the backend's, then the CLI's counters.

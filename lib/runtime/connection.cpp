@@ -11,6 +11,7 @@
 #include "runtime/server.h"
 #include "spop/frames.h"
 #include "util/escape.h"
+#include "util/text.h"
 
 namespace spoad::runtime {
 
@@ -24,25 +25,6 @@ constexpr uint64_t kLingerMs = 1000;
 constexpr size_t kReplyPool = 64;
 // A read buffer above this size is released once empty.
 constexpr size_t kKeepReadBuffer = 64 * 1024;
-
-std::string hex(const uint8_t* p, size_t n) {
-  static const char digits[] = "0123456789abcdef";
-  std::string s;
-  s.reserve(n * 2);
-  for (size_t i = 0; i < n; ++i) {
-    s += digits[p[i] >> 4];
-    s += digits[p[i] & 15];
-  }
-  return s;
-}
-
-std::string unhex(const std::string& s) {
-  auto v = [](char c) { return c <= '9' ? c - '0' : c - 'a' + 10; };
-  std::string out;
-  for (size_t i = 0; i + 1 < s.size(); i += 2)
-    out += static_cast<char>((v(s[i]) << 4) | v(s[i + 1]));
-  return out;
-}
 
 }  // namespace
 
@@ -79,6 +61,10 @@ int Connection::adopt(int fd) {
 }
 
 int Connection::adopt_established(int fd, const nlohmann::json& st) {
+  // The bytes the old worker had read but not processed. Only a broken state lacks its even
+  // number of hex digits: the connection is then refused, as its stream would be out of step.
+  std::string buffered;
+  if (!util::hex_decode(st.value("buffered", std::string()), &buffered)) return UV_EINVAL;
   const int rc = server_.config().listen.kind == config::ListenAddress::Kind::kUnix
                      ? uv_pipe_open(&handle_.pipe, fd)
                      : uv_tcp_open(&handle_.tcp, fd);
@@ -91,7 +77,6 @@ int Connection::adopt_established(int fd, const nlohmann::json& st) {
   caps_.pipelining = st.value("pipelining", false);
   caps_.async = st.value("async", false);
   caps_.fragmentation = st.value("fragmentation", false);
-  const std::string buffered = unhex(st.value("buffered", std::string()));
   rbuf_.assign(buffered.begin(), buffered.end());
   rlen_ = rbuf_.size();
   if (rbuf_.size() < size_t{max_frame_size_} + 4) rbuf_.resize(size_t{max_frame_size_} + 4);
@@ -113,15 +98,9 @@ void Connection::started() {
     if (uv_tcp_getpeername(&handle_.tcp, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
       char host[INET6_ADDRSTRLEN] = "?";
       uint16_t port = 0;
-      if (ss.ss_family == AF_INET) {
-        auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-        inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-        port = ntohs(a->sin_port);
-      } else if (ss.ss_family == AF_INET6) {
-        auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-        port = ntohs(a->sin6_port);
-      }
+      if (uv_ip_name(reinterpret_cast<sockaddr*>(&ss), host, sizeof(host)) == 0)
+        port = ntohs(ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&ss)->sin_port
+                                             : reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
       peer_ = std::string(host) + ":" + std::to_string(port);
     }
   } else {
@@ -263,8 +242,8 @@ void Connection::settle() {
   if (drain_now()) disconnect(spop::Status::kNormal, "");
   flush();
   update_reading();
-  maybe_finish_closing();
-  maybe_hand_off();
+  shutdown_if_all_written();
+  hand_off_if_safe();
 }
 
 void Connection::handle_frame(const spop::Frame& f) {
@@ -345,7 +324,7 @@ void Connection::handle_hello(const spop::Frame& f) {
   set_inflight(0);
   deadline_ms_ = last_activity_ms_ + rt.idle_timeout_ms;
   arm_timer();
-  // A connection that greets a draining server, or a new engine during a hand-over, is closed
+  // A connection that greets a draining server, or a new engine during a succession, is closed
   // right after its HELLO: HAProxy reads the AGENT-HELLO and the AGENT-DISCONNECT together,
   // before it sends any NOTIFY. In hand-off mode it is handed off once the AGENT-HELLO is
   // written, like any other.
@@ -452,7 +431,7 @@ void Connection::on_reply_complete(agent::Reply& reply) {
   if (!in_process_) process();  // resumes frames held back by backpressure, drains, flushes
 }
 
-void Connection::maybe_hand_off() {
+void Connection::hand_off_if_safe() {
   // The safe point: nothing in flight, nothing half reassembled, every ACK written. Whatever
   // HAProxy sends from now on waits in the socket for the new owner.
   if (drain_mode_ != DrainMode::kHandOff || state_ != State::kReady || !idle() || write_pending_ ||
@@ -468,7 +447,7 @@ void Connection::maybe_hand_off() {
                        {"async", caps_.async},
                        {"fragmentation", caps_.fragmentation},
                        {"peer", peer_},
-                       {"buffered", hex(rbuf_.data(), rlen_)}};
+                       {"buffered", util::hex_encode(rbuf_.data(), rlen_)}};
   server_.hand_off(st, stream(), [this](bool ok) {
     if (!ok) {  // the channel failed: fall back to a DISCONNECT
       server_.log().warn("could not hand the connection from {} over: closing it with a DISCONNECT",
@@ -547,7 +526,7 @@ void Connection::disconnect(spop::Status status, const char* message) {
   if (!in_process_) {
     flush();
     update_reading();
-    maybe_finish_closing();
+    shutdown_if_all_written();
   }
 }
 
@@ -628,7 +607,7 @@ void Connection::update_reading() {
   }
 }
 
-void Connection::maybe_finish_closing() {
+void Connection::shutdown_if_all_written() {
   if (state_ != State::kClosing || write_pending_ || !out_.empty() || shutdown_sent_) return;
   // Everything is written: send FIN and wait (bounded by the linger deadline) for HAProxy to
   // close, so that no unread data turns our close into a reset that could eat the DISCONNECT.

@@ -68,7 +68,6 @@ class Connection final : public agent::Reply::Owner {
   int adopt_established(int fd, const nlohmann::json& state);
 
   bool idle() const { return inflight_ == 0 && !reasm_.active(); }
-  bool greeting() const { return state_ == State::kHello; }  // HELLO not received yet
   bool open() const { return state_ != State::kClosed; }
 
   void on_reply_complete(agent::Reply& reply) override;
@@ -104,9 +103,9 @@ class Connection final : public agent::Reply::Owner {
   void flush();
   void update_reading();
   void arm_timer();
-  void maybe_finish_closing();
+  void shutdown_if_all_written();
   bool drain_now();  // draining, idle, and nothing unread: time for the DISCONNECT
-  void maybe_hand_off();
+  void hand_off_if_safe();
   void settle();
   void set_inflight(uint32_t n);
   agent::Reply* new_reply();

@@ -192,13 +192,13 @@ void Server::on_accept_timer(uv_timer_t* t) {
   s->resume_accepting();
 }
 
-void Server::hand_over(std::unordered_set<std::string> old_engines) {
-  handing_over_ = true;
+void Server::begin_succession(std::unordered_set<std::string> old_engines) {
+  in_succession_ = true;
   old_engines_ = std::move(old_engines);
 }
 
 bool Server::on_engine(const std::string& engine_id) {
-  if (handing_over_ && !old_engines_.contains(engine_id)) return false;
+  if (in_succession_ && !old_engines_.contains(engine_id)) return false;
   if (!engine_id.empty() && seen_engines_.size() < kMaxEngines &&
       seen_engines_.insert(engine_id).second && engine_cb_)
     engine_cb_(engine_id);

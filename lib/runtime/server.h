@@ -76,10 +76,10 @@ class Server {
   // are closed right after their HELLO: HAProxy reads the AGENT-HELLO and the
   // AGENT-DISCONNECT together, before it sends any NOTIFY, and reconnects, soon to the
   // successor. No event is lost either way.
-  void hand_over(std::unordered_set<std::string> old_engines);
+  void begin_succession(std::unordered_set<std::string> old_engines);
 
   // Called by a Connection with the engine-id of its HELLO. Returns false when the connection
-  // must be closed after its HELLO (a new engine during a hand-over).
+  // must be closed after its HELLO (a new engine during a succession).
   bool on_engine(const std::string& engine_id);
   // Told once per engine-id this server sees first (for the master's list of engines).
   void set_engine_callback(std::function<void(const std::string&)> cb) {
@@ -157,7 +157,7 @@ class Server {
   bool backing_off_ = false;  // paused after an accept error
   uint64_t accept_backoff_ms_ = 0;
   bool stopping_ = false;
-  bool handing_over_ = false;
+  bool in_succession_ = false;  // begin_succession() was called
   static constexpr size_t kMaxEngines = 4096;
   std::unordered_set<std::string> seen_engines_;
   std::unordered_set<std::string> old_engines_;

@@ -126,9 +126,9 @@ void Worker::hard_stop(std::function<void()> done) {
     s->hard_stop([this] { server_stopped(); });
 }
 
-void Worker::hand_over(const std::unordered_set<std::string>& old_engines) {
+void Worker::begin_succession(const std::unordered_set<std::string>& old_engines) {
   for (auto& s : servers_)
-    s->hand_over(old_engines);
+    s->begin_succession(old_engines);
 }
 
 void Worker::reload_agents() {

@@ -55,8 +55,8 @@ class Worker {
   // Hard-stop: close everything now; `done` runs when all handles are closed.
   void hard_stop(std::function<void()> done);
 
-  // Server::hand_over() on every server (HAProxy program reload without a takeover).
-  void hand_over(const std::unordered_set<std::string>& old_engines);
+  // Server::begin_succession() on every server (HAProxy program reload without a takeover).
+  void begin_succession(const std::unordered_set<std::string>& old_engines);
 
   // Asks each agent to re-read its external data (lists).
   void reload_agents();

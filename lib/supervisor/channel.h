@@ -4,7 +4,7 @@
 // handed from an old worker to a new one (SCM_RIGHTS, attached to Handoff and Adopt frames).
 // The same channel carries a takeover between two masters (supervisor/takeover.h).
 //
-//   master -> worker  Listen, Metrics, PoolState, Init, CliRequest, SoftStop, HandOver,
+//   master -> worker  Listen, Metrics, PoolState, Init, CliRequest, SoftStop, Succession,
 //                     Adopt (+ socket), HandoffAck
 //   worker -> master  Ready, Error, CliResult (CliReply from older workers), PoolState,
 //                     Handoff (+ socket), Engine

@@ -1,16 +1,18 @@
 // The master process: owns the listening sockets (supervisor/listeners.h), starts `workers: N`
 // worker processes per agent, respawns the ones that die, reloads (new generation, then
-// soft-stop of the old one), hands over to a new spoad instance (supervisor/takeover.h),
-// handles signals as HAProxy's master does, and serves the master CLI.
+// soft-stop of the old one), gives way to a new spoad instance (succession: a successor takes
+// our sockets and connections, supervisor/takeover.h), handles signals as HAProxy's master
+// does, and serves the master CLI.
 //
 //   SIGUSR2, SIGHUP   reload
 //   SIGUSR1           soft-stop: workers stop accepting, finish, exit; then the master exits.
 //                     Under HAProxy's master (HAPROXY_MWORKER set: a `program` section), the
 //                     workers first keep accepting until the new spoad HAProxy started at the
-//                     same time serves, at most global.handover: when it took our sockets
-//                     (takeover), its "serving" message makes us hand every connection to it;
-//                     otherwise (fallback: it replaced the CLI socket or the pidfile without a
-//                     takeover, or nobody came in time) we soft-stop in `wait` mode.
+//                     same time serves (succession), at most global.handover: when it took
+//                     our sockets (takeover), its "serving" message makes us hand off every
+//                     connection to it; otherwise (fallback: it replaced the CLI socket or
+//                     the pidfile without a takeover, or nobody came in time) we soft-stop in
+//                     `wait` mode.
 //                     With no successor and no HAPROXY_MWORKER: `disconnect` mode.
 //   SIGTERM, SIGINT   hard-stop: every process exits now
 //
@@ -36,26 +38,32 @@
 // signal pipe, thread pool) in a state libuv does not support sharing, and the master's
 // memory. A fresh exec starts the worker clean and small (idle RSS of a few MiB), picks up a
 // new binary on reload, and libuv reports exits on the master's loop.
+//
+// Files: master.cpp (start, signals, periodic work, stop), master_spawn.cpp (worker processes,
+// respawn), master_channel.cpp (messages from the workers), master_reload.cpp (generations,
+// reload), master_succession.cpp (takeover and its fallback), master_cli_backend.cpp (the
+// master CLI's questions), master_metrics.cpp; process_table.h (who is who), pool_states.h,
+// engine_ids.h, master_text.h (shared log and text helpers).
 #pragma once
 
 #include <uv.h>
 
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <list>
-#include <map>
 #include <memory>
 #include <string>
-#include <unordered_set>
 #include <vector>
 
 #include "cli/master_cli.h"
 #include "config/config.h"
 #include "supervisor/channel.h"
+#include "supervisor/engine_ids.h"
 #include "supervisor/listeners.h"
 #include "supervisor/metrics_http.h"
 #include "supervisor/metrics_view.h"
+#include "supervisor/pool_states.h"
+#include "supervisor/process_table.h"
 #include "supervisor/takeover.h"
 #include "util/rate_limit.h"
 
@@ -85,7 +93,7 @@ class Master : public cli::MasterBackend {
   // generation could not start.
   int run();
 
-  // cli::MasterBackend
+  // cli::MasterBackend (master_cli_backend.cpp)
   std::string show_proc() override;
   cli::Fields info() override;
   std::string version() override;
@@ -102,49 +110,63 @@ class Master : public cli::MasterBackend {
   std::string render_metrics(metrics::Format f);
 
  private:
-  struct Proc;
-  struct Slot;
-  struct Generation;
-
-  void start_generation(Generation& g);
-  Proc* spawn(Slot& s);
-  void on_exit(Proc* p, int64_t status, int signal);
-  void on_message(Proc* p, msg::Message&& m, int fd);
-  void cli_answer(Proc* p, uint64_t id, cli::WorkerAnswer a);
-  void pool_state(Proc* p, msg::PoolState&& ps);
-  void hand_off(msg::Handoff&& h, int fd);
-  void check_generation(Generation& g);
-  void generation_ready(Generation& g);
-  void generation_failed(Generation& g, const std::string& why);
-  void gc_generations();
-  void reap(Proc* p);
-  void schedule_respawn(Slot& s);
-  void take_over_at_start();
-  void release_listeners();
-  void on_successor(int fd, int pid);
-  void on_successor_message(msg::Message&& m, int fd);
-  void successor_lost();
-  void on_predecessor_message(msg::Message&& m, int fd);
-  void handover_fallback(const char* why);
-  void do_reload();
-  void finish_reload(bool ok, const std::string& text);
-  void finish_reload_on_stop();
+  // Start, signals, periodic work and stop (master.cpp).
+  static cli::MasterCli::Limits cli_limits(const config::Config& cfg);
   void publish();
-  bool successor_serves() const;
   void soft_stop();
   void begin_soft_stop(msg::StopMode mode);
   void soft_stop_worker(Proc& p, uint64_t grace_ms, msg::StopMode mode);
   void hard_stop();
-  void maybe_exit();
+  // Closes everything once stopping, every worker reaped and every forwarded connection read.
+  void exit_if_all_done();
   void close_everything();
-  Proc* find_pid(int pid);
-  config::MetricsConfig metrics_config(const config::Config& c) const;
-  void log_exit(const Proc& p, int64_t status, int signal);
-
   static void on_signal(uv_signal_t* s, int signum);
-  static void on_process_exit(uv_process_t* h, int64_t status, int signal);
   static void on_tick(uv_timer_t* t);
   static void on_stop_timer(uv_timer_t* t);
+
+  // Worker processes: spawn, exit, respawn (master_spawn.cpp).
+  void start_generation(Generation& g);
+  Proc* spawn(Slot& s);
+  void on_exit(Proc* p, int64_t status, int signal);
+  void log_exit(const Proc& p, int64_t status, int signal);
+  void reap(Proc* p);
+  void schedule_respawn(Slot& s);
+  void respawn_due(uint64_t now_ms);  // spawns the slots whose backoff ended by `now_ms`
+  static void on_process_exit(uv_process_t* h, int64_t status, int signal);
+
+  // What the workers send on their channels (master_channel.cpp).
+  void on_message(Proc* p, msg::Message&& m, int fd);
+  void pool_state(Proc* p, msg::PoolState&& ps);
+  void hand_off(msg::Handoff&& h, int fd);
+
+  // Generations and reload (master_reload.cpp).
+  void check_generation(Generation& g);
+  void generation_ready(Generation& g);
+  void generation_failed(Generation& g, const std::string& why);
+  void gc_generations();
+  void release_listeners();
+  void do_reload();
+  void finish_reload(bool ok, const std::string& text);
+  void finish_reload_on_stop();
+
+  // Succession between spoad instances: takeover, both sides, and the fallback without one
+  // (master_succession.cpp).
+  void take_over_at_start();
+  void on_successor(int fd, int pid);
+  void on_successor_message(msg::Message&& m, int fd);
+  void successor_lost();
+  void on_predecessor_message(msg::Message&& m, int fd);
+  bool successor_serves() const;
+  // SIGUSR1 under HAProxy's master: serve until the successor serves, at most `wait_ms`.
+  void await_successor(uint64_t wait_ms);
+  // Falls back to a soft-stop past the deadline, or when a successor serves without a takeover.
+  void check_successor(uint64_t now_ms);
+  void succession_fallback(const char* why);
+  // Succession (the engine-ids served so far) to every ready worker: new engines get closed.
+  void send_engines_to_workers();
+
+  // Metrics (master_metrics.cpp).
+  config::MetricsConfig metrics_config(const config::Config& c) const;
 
   uv_loop_t* loop_;
   MasterOptions opts_;
@@ -157,19 +179,15 @@ class Master : public cli::MasterBackend {
   uint64_t crashes_ = 0;  // current workers that died and were respawned
   bool last_reload_failed_ = false;
   bool stopping_ = false;
-  bool handover_ = false;  // SIGUSR1 from HAProxy: serving until the successor serves
-  size_t handoff_rr_ = 0;  // round robin over the workers taking connections
-  // Engine-ids of the HAProxy processes served so far (oldest first), for a hand-over.
-  static constexpr size_t kMaxEngines = 4096;
-  static constexpr size_t kMaxEngineId = 128;  // bytes; HAProxy's engine-ids are 36
-  std::unordered_set<std::string> known_engines_;
-  std::deque<std::string> engine_order_;
+  bool awaiting_successor_ = false;  // SIGUSR1 from HAProxy: serving until the successor serves
+  size_t handoff_rr_ = 0;            // round robin over the workers taking connections
+  EngineIds engines_;                // the HAProxy processes served so far, for a succession
   uint64_t stop_requested_ms_ = 0;
-  uint64_t handover_deadline_ms_ = 0;
+  uint64_t succession_deadline_ms_ = 0;
   bool started_ = false;  // the first generation became ready
   int exit_status_ = 0;
 
-  std::list<std::unique_ptr<Proc>> procs_;  // every worker process not yet reaped
+  ProcessTable procs_;  // every worker process not yet reaped
   std::unique_ptr<Generation> current_;
   std::unique_ptr<Generation> next_;  // being started by a reload
   std::list<std::unique_ptr<Generation>> old_;
@@ -183,8 +201,8 @@ class Master : public cli::MasterBackend {
   // Takeover (supervisor/takeover.h).
   static constexpr uint64_t kTakeoverAckTimeoutMs = 5'000;
   TakeoverSocket* takeover_sock_ = nullptr;  // published with the CLI socket
-  bool handover_deferred_ = false;           // SIGUSR1 under HAProxy: HandOver only if no takeover
-  Channel* successor_ = nullptr;             // a new spoad that took (or takes) our sockets
+  bool succession_deferred_ = false;  // SIGUSR1 under HAProxy: Succession only if no takeover
+  Channel* successor_ = nullptr;      // a new spoad that took (or takes) our sockets
   int successor_pid_ = 0;
   bool successor_serving_ = false;
   int successor_unacked_ = 0;  // connections forwarded, not yet acknowledged
@@ -192,12 +210,7 @@ class Master : public cli::MasterBackend {
   Channel* predecessor_ = nullptr;  // the spoad we took the sockets from
   int64_t predecessor_pid_ = 0;
 
-  // Pool states by agent name (the latest each pool sent), and how many were received.
-  struct PoolStateEntry {
-    std::string state;
-    uint64_t updates = 0;
-  };
-  std::map<std::string, PoolStateEntry> pool_states_;
+  PoolStates pool_states_;
   util::RateLimiter pool_state_log_{5};
 
   // Metrics (metrics_view.h, metrics_http.h).

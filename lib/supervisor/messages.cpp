@@ -73,7 +73,7 @@ struct Writer {
     varint(m.grace_ms);
     u8(static_cast<uint8_t>(m.mode));
   }
-  void fields(const HandOver& m) { list(m.engines); }
+  void fields(const Succession& m) { list(m.engines); }
   void fields(const Adopt& m) {
     bytes(m.agent);
     state(m.state);
@@ -226,7 +226,7 @@ struct Reader {
     if (mode > static_cast<uint8_t>(StopMode::kWait)) fail();
     m.mode = static_cast<StopMode>(mode);
   }
-  void fields(HandOver& m) { m.engines = list(); }
+  void fields(Succession& m) { m.engines = list(); }
   void fields(Adopt& m) {
     m.agent = bytes();
     m.state = state();
@@ -301,7 +301,7 @@ bool read_as(uint8_t type, Reader& r, Message& out) {
 
 const char* name(const Message& m) {
   static const char* const names[] = {
-      "init",      "cli-request", "soft-stop", "hand-over",  "adopt",     "handoff-ack", "ready",
+      "init",      "cli-request", "soft-stop", "succession", "adopt",     "handoff-ack", "ready",
       "error",     "cli-reply",   "handoff",   "engine",     "listen",    "takeover",    "listener",
       "listeners", "serving",     "metrics",   "cli-result", "pool-state"};
   static_assert(std::size(names) == std::variant_size_v<Message>);

@@ -64,9 +64,9 @@ struct SoftStop {  // as SIGUSR1, bounded by grace_ms (milliseconds)
   StopMode mode = StopMode::kDisconnect;
   bool operator==(const SoftStop&) const = default;
 };
-struct HandOver {  // a successor serves without a takeover: close new engines at HELLO
-  std::vector<std::string> engines;
-  bool operator==(const HandOver&) const = default;
+struct Succession {  // a successor serves without a takeover: close new engines at HELLO
+  std::vector<std::string> engines;  // the engine-ids still served
+  bool operator==(const Succession&) const = default;
 };
 struct Adopt {  // + a socket: serve this established connection
   std::string agent;
@@ -178,9 +178,9 @@ struct PoolState {
   bool operator==(const PoolState&) const = default;
 };
 
-using Message = std::variant<Init, CliRequest, SoftStop, HandOver, Adopt, HandoffAck, Ready, Error,
-                             CliReply, Handoff, Engine, Listen, Takeover, Listener, Listeners,
-                             Serving, Metrics, CliResult, PoolState>;
+using Message = std::variant<Init, CliRequest, SoftStop, Succession, Adopt, HandoffAck, Ready,
+                             Error, CliReply, Handoff, Engine, Listen, Takeover, Listener,
+                             Listeners, Serving, Metrics, CliResult, PoolState>;
 
 // The message's name, for logs ("init", "cli-request", ...).
 const char* name(const Message& m);

@@ -82,9 +82,10 @@ class WorkerProcess {
       if (!worker_) init(*init_msg);
     } else if (std::holds_alternative<msg::HandoffAck>(m)) {
       if (unacked_ > 0 && --unacked_ == 0 && closed_) close_channel();
-    } else if (auto* h = std::get_if<msg::HandOver>(&m)) {
+    } else if (auto* h = std::get_if<msg::Succession>(&m)) {
       if (worker_)
-        worker_->hand_over(std::unordered_set<std::string>(h->engines.begin(), h->engines.end()));
+        worker_->begin_succession(
+            std::unordered_set<std::string>(h->engines.begin(), h->engines.end()));
     } else if (auto* st = std::get_if<msg::SoftStop>(&m)) {
       stop(true, st->grace_ms,
            st->mode == msg::StopMode::kHandOff ? runtime::DrainMode::kHandOff

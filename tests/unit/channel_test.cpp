@@ -49,7 +49,7 @@ std::vector<msg::Message> samples() {
       msg::SoftStop{10'000, msg::StopMode::kDisconnect},
       msg::SoftStop{0, msg::StopMode::kHandOff},
       msg::SoftStop{~uint64_t{0}, msg::StopMode::kWait},
-      msg::HandOver{{b, "", "\xff", std::string(36, 'e')}},
+      msg::Succession{{b, "", "\xff", std::string(36, 'e')}},
       msg::Adopt{b, sample_state(b)},
       msg::HandoffAck{},
       msg::Ready{12345, b},

@@ -56,40 +56,43 @@ TEST(Route, Prefixes) {
 }
 
 TEST(PoolAnswer, SameAnswerOnceThenTheCount) {
-  using S = WorkerAnswer::Status;
+  using Status = WorkerAnswer::Status;
   const std::vector<PoolMember> m = {{10, 1}, {11, 2}};
-  EXPECT_EQ(pool_answer("iprep", m, {{S::kOk, "added\n"}, {S::kOk, "added\n"}}),
+  EXPECT_EQ(pool_answer("iprep", m, {{Status::kOk, "added\n"}, {Status::kOk, "added\n"}}),
             "added\n# iprep: applied on 2 of 2 workers\n");
   // The same failure everywhere: once, and counted as failed.
   EXPECT_EQ(
-      pool_answer("iprep", m, {{S::kFailed, "No such list.\n"}, {S::kFailed, "No such list.\n"}}),
+      pool_answer("iprep", m,
+                  {{Status::kFailed, "No such list.\n"}, {Status::kFailed, "No such list.\n"}}),
       "No such list.\n# iprep: applied on 0 of 2 workers, failed on 2\n");
   // An answer without its newline gets one; an empty answer stays empty.
-  EXPECT_EQ(pool_answer("a", {{5, 1}}, {{S::kOk, "x"}}), "x\n# a: applied on 1 of 1 workers\n");
-  EXPECT_EQ(pool_answer("a", {{5, 1}}, {{S::kOk, ""}}), "# a: applied on 1 of 1 workers\n");
+  EXPECT_EQ(pool_answer("a", {{5, 1}}, {{Status::kOk, "x"}}),
+            "x\n# a: applied on 1 of 1 workers\n");
+  EXPECT_EQ(pool_answer("a", {{5, 1}}, {{Status::kOk, ""}}), "# a: applied on 1 of 1 workers\n");
   EXPECT_EQ(pool_answer("a", {}, {}), "# a: applied on 0 of 0 workers\n");
 }
 
 TEST(PoolAnswer, DistinctAnswersAreGroupedWithTheirWorkers) {
-  using S = WorkerAnswer::Status;
+  using Status = WorkerAnswer::Status;
   const std::vector<PoolMember> m = {{10, 1}, {11, 2}, {12, 3}, {13, 1}, {14, 2}};
-  const std::string out = pool_answer("iprep", m,
-                                      {{S::kOk, "done\n"},
-                                       {S::kFailed, "done\n"},  // same text, not the same result
-                                       {S::kOk, "done\n"},
-                                       {S::kGone, ""},
-                                       {S::kNoAnswer, ""}});
+  const std::string out =
+      pool_answer("iprep", m,
+                  {{Status::kOk, "done\n"},
+                   {Status::kFailed, "done\n"},  // same text, not the same result
+                   {Status::kOk, "done\n"},
+                   {Status::kGone, ""},
+                   {Status::kNoAnswer, ""}});
   EXPECT_EQ(out,
             "# workers 1,3 (pids 10,12):\ndone\n"
             "# workers 2 (pids 11):\ndone\n"
             "# workers 2 (pids 14):\nNo answer from the worker.\n"
             "# iprep: applied on 2 of 5 workers, failed on 2, 1 gone\n");
   // Gone workers give no answer: the others' common one is shown once.
-  EXPECT_EQ(pool_answer("p", {{1, 1}, {2, 2}}, {{S::kGone, ""}, {S::kOk, "ok\n"}}),
+  EXPECT_EQ(pool_answer("p", {{1, 1}, {2, 2}}, {{Status::kGone, ""}, {Status::kOk, "ok\n"}}),
             "ok\n# p: applied on 1 of 2 workers, 1 gone\n");
   // Bytes stay bytes.
   EXPECT_EQ(pool_answer("p", {{1, 1}, {2, 2}},
-                        {{S::kOk, std::string("\0\xff\n", 3)}, {S::kOk, "\xfe\n"}}),
+                        {{Status::kOk, std::string("\0\xff\n", 3)}, {Status::kOk, "\xfe\n"}}),
             "# workers 1 (pids 1):\n" + std::string("\0\xff\n", 3) +
                 "# workers 2 (pids 2):\n\xfe\n# p: applied on 2 of 2 workers\n");
 }
