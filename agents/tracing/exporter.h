@@ -1,19 +1,19 @@
 // The tracing agent's span exporter: queues finished spans (each already encoded as one
 // OTLP/JSON span object), groups them into batches and sends each batch as one OTLP
-// ExportTraceServiceRequest, over OTLP/HTTP with JSON bodies (POST, optionally gzip), or as one
-// JSON line in a file. Everything runs on the worker's libuv loop and never blocks it.
+// ExportTraceServiceRequest, over OTLP/HTTP with JSON bodies (POST, optionally gzip:
+// http_sink.h), or as one JSON line in a file (file_sink.h). Its options, and how the OTEL_*
+// environment and the YAML set them, are in exporter_options.h. Everything runs on the
+// worker's libuv loop and never blocks it.
 //
 // A batch leaves when max_batch spans wait or flush_interval_ms after its oldest span was
 // queued. OTLP/HTTP: at most 2 requests at once (a batch waiting for its retry counts); success
 // is a 2xx. Transport errors (refused, reset, timeout...) and HTTP 429, 502, 503, 504 are
 // retried with backoff (retry_initial_ms doubling up to retry_max_ms, +/-20% jitter; a
 // Retry-After header in seconds or as a date replaces it, up to 300 s); the batch keeps its
-// spans. Any other status drops the batch (failed_exports), logged once per status. The gzip
-// level is 1: compression runs on the loop, so speed matters more than the last percent.
+// spans. Any other status drops the batch (failed_exports), logged once per status.
 //
-// Kind::kFile: each batch is one line (the same request object) appended to `file`. The open,
-// write and close run on libuv's thread pool (uv_queue_work), one batch at a time, so a slow
-// disk never stalls the loop; opening the path for each batch also follows log rotation.
+// Kind::kFile: each batch is one line (the same request object) appended to `file`, one batch
+// at a time.
 //
 // Memory is bounded: at most `max_queue` spans and `max_queue_bytes` bytes of encoded spans are
 // held in total (waiting, being sent, waiting for a retry); a span that would pass either is
@@ -38,77 +38,16 @@
 #include <random>
 #include <set>
 #include <string>
-#include <utility>
 #include <vector>
 
-#include "config/options.h"
+#include "agents/tracing/exporter_options.h"
 #include "metrics/arena.h"
 #include "util/rate_limit.h"
 
-struct curl_slist;
-
-namespace spoad::http {
-class CurlLoop;
-}
-
 namespace spoad::agents::tracing {
 
-struct ExporterOptions {
-  enum class Kind { kOtlpHttp, kFile, kNone } kind = Kind::kOtlpHttp;
-  std::string endpoint = "http://127.0.0.1:4318/v1/traces";  // full URL for OTLP/HTTP
-  std::vector<std::pair<std::string, std::string>> headers;  // extra HTTP headers
-  bool gzip = false;                                         // Content-Encoding: gzip
-  std::string file;                   // Kind::kFile: path; one JSON line per batch
-  size_t max_batch = 512;             // spans per export request
-  uint64_t flush_interval_ms = 1000;  // longest wait of a span before its batch leaves
-  size_t max_queue = 8192;            // spans held in memory; beyond, new spans are dropped
-  size_t max_queue_bytes = 8u << 20;  // bytes of encoded spans held in memory; the same
-  uint64_t timeout_ms = 10000;        // per HTTP request; also bounds stop()
-  uint64_t retry_initial_ms = 500;    // first retry delay, doubling per attempt...
-  uint64_t retry_max_ms = 30000;      // ...up to this
-  std::string service_name = "haproxy";
-  std::vector<std::pair<std::string, std::string>> resource_attributes;  // besides service.name
-};
-
-// Reads the OpenTelemetry SDK environment variables into `o`, as the SDKs honour them. `env`
-// looks a variable up (nullptr when unset; an empty value counts as unset), e.g. std::getenv.
-//   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT   endpoint, used as is
-//   OTEL_EXPORTER_OTLP_ENDPOINT          else: base URL, "/v1/traces" appended
-//   OTEL_SERVICE_NAME                    service_name
-//   OTEL_RESOURCE_ATTRIBUTES             k=v,k2=v2 (percent-decoded) into resource_attributes;
-//                                        its service.name is used unless OTEL_SERVICE_NAME is set
-//   OTEL_EXPORTER_OTLP_HEADERS           k=v,... (percent-decoded) into headers; then
-//   OTEL_EXPORTER_OTLP_TRACES_HEADERS    the same, overriding headers of the same name
-//   OTEL_EXPORTER_OTLP[_TRACES]_COMPRESSION  gzip or none
-//   OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT  timeout_ms (milliseconds)
-//   OTEL_BSP_SCHEDULE_DELAY              flush_interval_ms (milliseconds)
-//   OTEL_BSP_MAX_QUEUE_SIZE              max_queue
-//   OTEL_BSP_MAX_EXPORT_BATCH_SIZE       max_batch
-//   OTEL_TRACES_EXPORTER=none, OTEL_SDK_DISABLED=true   kind = kNone
-//   OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL=grpc            reported (spoad sends http/json)
-// The _TRACES_ variable wins over the generic one. Returns one message per value it could not
-// use (that variable is then ignored, as the SDKs do), for the caller to log; empty if none.
-std::vector<std::string> apply_otel_env(ExporterOptions& o,
-                                        const std::function<const char*(const char*)>& env);
-
-// Reads the `exporter:` mapping of the agent's options into `out`. Keys that are absent keep
-// the value `out` already has, so call apply_otel_env() first: YAML overrides the environment.
-//   type                 otlp-http | file | none
-//   endpoint             URL (http:// or https://), used as is
-//   headers              list of "Name: value"; replaces a header of the same name
-//   gzip                 boolean
-//   file                 path (required with type file)
-//   max-batch            1..100000 spans
-//   flush-interval       duration, 1ms..1h
-//   max-queue            1..10000000 spans
-//   max-queue-bytes      size, 1k..1g: bytes of encoded spans held (default 8m)
-//   timeout              duration, 1ms..10m
-//   retry-initial        duration, 1ms..1h
-//   retry-max            duration, 1ms..1d (not below retry-initial)
-//   service-name         string
-//   resource-attributes  list of "key=value"; replaces an attribute of the same key
-// Then rejects unknown keys (check_unknown). Throws config::ConfigError (file:line:key).
-void parse_exporter_options(config::Options& o, ExporterOptions* out);
+class HttpSink;
+class FileSink;
 
 class SpanExporter {
  public:
@@ -168,7 +107,6 @@ class SpanExporter {
   };
   struct Batch;
   struct Timer;
-  struct FileJob;
 
   bool slot_free() const;
   void schedule();
@@ -182,10 +120,11 @@ class SpanExporter {
   void retry_later(Batch* b, uint64_t delay_ms);
   void on_retry_timer();
   void start_file(std::string body, const Held& h);
-  void on_file_done(FileJob* job);
+  void on_file_done(const Held& h, uint64_t started_ns, int error, const char* step);
   void finish_batch(Batch* b);
   void on_stop_deadline();
   void close_all();
+  bool file_busy() const;
   void maybe_done();
   void maybe_finished();
   void note_latency(uint64_t ms);
@@ -204,15 +143,13 @@ class SpanExporter {
   std::shared_ptr<spdlog::logger> log_;
   std::string endpoint_shown_;             // opts_.endpoint as util::printable shows it
   std::string body_prefix_, body_suffix_;  // the request around the spans
-  curl_slist* headers_ = nullptr;          // the request headers, shared by all requests
-  std::string user_agent_;
   std::shared_ptr<int> token_;  // callbacks that may outlive the exporter hold a weak_ptr
 
   std::deque<Queued> queue_;
   Held held_;                                    // in memory: queue_ plus every batch
   std::vector<std::unique_ptr<Batch>> batches_;  // in flight or waiting for a retry
-  std::unique_ptr<http::CurlLoop> curl_;
-  FileJob* file_job_ = nullptr;  // the file write in progress
+  std::unique_ptr<HttpSink> http_;               // Kind::kOtlpHttp
+  std::unique_ptr<FileSink> file_;               // Kind::kFile
   Timer* flush_timer_ = nullptr;
   Timer* retry_timer_ = nullptr;
   Timer* stop_timer_ = nullptr;
@@ -221,7 +158,7 @@ class SpanExporter {
   bool stopping_ = false;  // stop() called
   bool closing_ = false;   // closing the handles; nothing new starts
   bool finished_ = false;  // `done` called (or due)
-  bool curl_closed_ = false;
+  bool http_closed_ = false;
   std::function<void()> stop_done_;
 
   // Prometheus series (see the top of this file). Stats' exported, dropped, dropped_bytes and
@@ -243,6 +180,8 @@ class SpanExporter {
     metrics::Counter req_cancelled;
     metrics::Counter req_file_error;
     metrics::Histogram latency;  // spoad_tracing_export_seconds
+    // Registers every series in `m` (exporter_metrics.cpp).
+    void register_in(const metrics::Scope& m);
   };
   Series series_;
   Stats stats_;

@@ -1,6 +1,7 @@
 #include "agents/tracing/span.h"
 
 #include "util/escape.h"
+#include "util/text.h"
 
 namespace spoad::agents::tracing {
 
@@ -53,7 +54,7 @@ std::string encode_span(const Span& s) {
     size += 48 + s.attrs[i].key.size() + s.attrs[i].str.size();
   o.reserve(size);
   o += "{\"traceId\":\"";
-  o += to_hex(s.trace_id.data(), 16);
+  o += util::hex_encode(s.trace_id.data(), 16);
   o += "\",\"spanId\":\"";
   o += to_hex64(s.span_id);
   o += '"';
@@ -97,7 +98,7 @@ std::string encode_span(const Span& s) {
   }
   if (s.link_span_id) {
     o += ",\"links\":[{\"traceId\":\"";
-    o += to_hex(s.trace_id.data(), 16);
+    o += util::hex_encode(s.trace_id.data(), 16);
     o += "\",\"spanId\":\"";
     o += to_hex64(s.link_span_id);
     o += "\",\"attributes\":[{\"key\":\"opentracing.ref_type\",\"value\":{\"stringValue\":"

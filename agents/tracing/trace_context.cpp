@@ -1,15 +1,10 @@
 #include "agents/tracing/trace_context.h"
 
+#include "util/text.h"
+
 namespace spoad::agents::tracing {
 
 namespace {
-
-int hexval(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 bool all_zero(const uint8_t* p, size_t n) {
   for (size_t i = 0; i < n; ++i)
@@ -26,38 +21,18 @@ uint64_t splitmix64(uint64_t x) {
 
 }  // namespace
 
-std::string to_hex(const uint8_t* p, size_t n) {
-  static const char d[] = "0123456789abcdef";
-  std::string s(n * 2, '0');
-  for (size_t i = 0; i < n; ++i) {
-    s[2 * i] = d[p[i] >> 4];
-    s[2 * i + 1] = d[p[i] & 15];
-  }
-  return s;
-}
-
 std::string to_hex64(uint64_t v) {
   uint8_t b[8];
   for (int i = 7; i >= 0; --i) {
     b[i] = static_cast<uint8_t>(v);
     v >>= 8;
   }
-  return to_hex(b, 8);
-}
-
-bool from_hex(std::string_view s, uint8_t* out, size_t n) {
-  if (s.size() != 2 * n) return false;
-  for (size_t i = 0; i < n; ++i) {
-    const int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
-    if (hi < 0 || lo < 0) return false;
-    out[i] = static_cast<uint8_t>(hi << 4 | lo);
-  }
-  return true;
+  return util::hex_encode(b, 8);
 }
 
 bool from_hex64(std::string_view s, uint64_t* v) {
   uint8_t b[8];
-  if (!from_hex(s, b, 8)) return false;
+  if (!util::hex_decode(s, b, 8)) return false;
   uint64_t r = 0;
   for (uint8_t x : b)
     r = r << 8 | x;
@@ -66,20 +41,19 @@ bool from_hex64(std::string_view s, uint64_t* v) {
 }
 
 std::optional<TraceParent> parse_traceparent(std::string_view h) {
-  // Surrounding spaces are tolerated (header folding); the fields are fixed-width.
-  while (!h.empty() && (h.front() == ' ' || h.front() == '\t'))
-    h.remove_prefix(1);
-  while (!h.empty() && (h.back() == ' ' || h.back() == '\t'))
-    h.remove_suffix(1);
+  // Surrounding spaces are tolerated (header folding); the fields are fixed-width. Uppercase
+  // hex digits are accepted (the specification's version 00 writes lowercase).
+  h = util::trim(h);
   if (h.size() < 55 || h[2] != '-' || h[35] != '-' || h[52] != '-') return std::nullopt;
   uint8_t version = 0;
-  if (!from_hex(h.substr(0, 2), &version, 1) || version == 0xff) return std::nullopt;
+  if (!util::hex_decode(h.substr(0, 2), &version, 1) || version == 0xff) return std::nullopt;
   if (version == 0 && h.size() != 55) return std::nullopt;
   if (version != 0 && h.size() > 55 && h[55] != '-') return std::nullopt;
   TraceParent tp;
   uint8_t pid[8];
-  if (!from_hex(h.substr(3, 32), tp.trace_id.data(), 16) || !from_hex(h.substr(36, 16), pid, 8) ||
-      !from_hex(h.substr(53, 2), &tp.flags, 1))
+  if (!util::hex_decode(h.substr(3, 32), tp.trace_id.data(), 16) ||
+      !util::hex_decode(h.substr(36, 16), pid, 8) ||
+      !util::hex_decode(h.substr(53, 2), &tp.flags, 1))
     return std::nullopt;
   if (all_zero(tp.trace_id.data(), 16) || all_zero(pid, 8)) return std::nullopt;
   for (uint8_t x : pid)
@@ -88,7 +62,8 @@ std::optional<TraceParent> parse_traceparent(std::string_view h) {
 }
 
 std::string format_traceparent(const TraceId& trace_id, uint64_t span_id, uint8_t flags) {
-  return "00-" + to_hex(trace_id.data(), 16) + "-" + to_hex64(span_id) + "-" + to_hex(&flags, 1);
+  return "00-" + util::hex_encode(trace_id.data(), 16) + "-" + to_hex64(span_id) + "-" +
+         util::hex_encode(&flags, 1);
 }
 
 namespace {
@@ -121,12 +96,8 @@ TraceStateVerdict limit_tracestate(std::string_view header, size_t max_bytes, st
   while (pos <= header.size()) {
     size_t comma = header.find(',', pos);
     if (comma == std::string_view::npos) comma = header.size();
-    std::string_view m = header.substr(pos, comma - pos);
+    const std::string_view m = util::trim(header.substr(pos, comma - pos));
     pos = comma + 1;
-    while (!m.empty() && (m.front() == ' ' || m.front() == '\t'))
-      m.remove_prefix(1);
-    while (!m.empty() && (m.back() == ' ' || m.back() == '\t'))
-      m.remove_suffix(1);
     if (m.empty()) continue;
     if (!valid_member(m) || members.size() == kMaxTraceStateMembers)
       return TraceStateVerdict::kDropped;
@@ -156,14 +127,15 @@ TraceStateVerdict limit_tracestate(std::string_view header, size_t max_bytes, st
 }
 
 std::string RequestContext::encode() const {
-  return to_hex(trace_id.data(), 16) + to_hex64(seed) + to_hex64(remote_parent) + to_hex(&flags, 1);
+  return util::hex_encode(trace_id.data(), 16) + to_hex64(seed) + to_hex64(remote_parent) +
+         util::hex_encode(&flags, 1);
 }
 
 std::optional<RequestContext> RequestContext::decode(std::string_view s) {
   RequestContext c;
-  if (s.size() != 66 || !from_hex(s.substr(0, 32), c.trace_id.data(), 16) ||
+  if (s.size() != 66 || !util::hex_decode(s.substr(0, 32), c.trace_id.data(), 16) ||
       !from_hex64(s.substr(32, 16), &c.seed) || !from_hex64(s.substr(48, 16), &c.remote_parent) ||
-      !from_hex(s.substr(64, 2), &c.flags, 1))
+      !util::hex_decode(s.substr(64, 2), &c.flags, 1))
     return std::nullopt;
   return c;
 }

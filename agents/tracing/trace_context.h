@@ -15,11 +15,10 @@ namespace spoad::agents::tracing {
 
 using TraceId = std::array<uint8_t, 16>;
 
-// Lowercase hex of `n` bytes.
-std::string to_hex(const uint8_t* p, size_t n);
-std::string to_hex64(uint64_t v);  // 16 hex digits
-// Parses exactly `n` bytes of lowercase or uppercase hex into `out`; false if malformed.
-bool from_hex(std::string_view s, uint8_t* out, size_t n);
+// A 64-bit id as 16 lowercase hex digits, most significant first (W3C parent-id). Other
+// lengths: util::hex_encode / util::hex_decode (util/text.h).
+std::string to_hex64(uint64_t v);
+// Parses exactly 16 hex digits (lowercase or uppercase) into `*v`; false if malformed.
 bool from_hex64(std::string_view s, uint64_t* v);
 
 // A parsed `traceparent` header: version 00 (later versions are read as 00, as the
