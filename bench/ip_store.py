@@ -38,6 +38,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 import harness  # noqa: E402
+import haproxy_cfg  # noqa: E402
 import redis_server  # noqa: E402
 import supervisor as sv  # noqa: E402
 
@@ -60,30 +61,6 @@ agents:
       url: %(url)s
       key-prefix: "%(prefix)s"
 """
-
-HAPROXY_GLOBAL = """
-global
-    nbthread 1
-    tune.bufsize 16384
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-"""
-HAPROXY_FRONTEND = """
-frontend fe-%(name)s
-    bind 127.0.0.1:%(fe)d
-    filter spoe engine ip-checker config %(spoe)s
-    http-request deny deny_status 403 if { var(txn.iprep.blocked) -m bool }
-    http-request return status 200 content-type text/plain string "ok"
-backend spoe-%(name)s
-    mode tcp
-    timeout connect 1s
-    timeout server 3m
-    server spoad 127.0.0.1:%(agent)d
-"""
-
 
 def random_prefixes(n, seed=11):
     """n distinct IPv4 prefixes as text (80% /32, 20% /24), none in 0/8 or 127/8 (the clients
@@ -213,9 +190,10 @@ def bench(rounds, seconds, fig, wrk, spoa_bench_path, ipc_bench_path):
         for k in ("a", "c"):
             spoe_k = env.write("spoe-%s.cfg" % k, spoe.replace(
                 "use-backend spoe-ip-checker", "use-backend spoe-%s" % k))
-            cfg.append(HAPROXY_FRONTEND % {"name": k, "fe": fe[k], "spoe": spoe_k,
-                                           "agent": {"a": a, "c": c}[k].port})
-        env.haproxy(env.write("haproxy.cfg", HAPROXY_GLOBAL + "".join(cfg)))
+            cfg.append(haproxy_cfg.iprep_frontend("fe-%s" % k, fe[k], spoe_k)
+                       + haproxy_cfg.spoe_backend("spoe-%s" % k,
+                                                  "127.0.0.1:%d" % {"a": a, "c": c}[k].port))
+        env.haproxy(env.write("haproxy.cfg", haproxy_cfg.head() + "".join(cfg)))
         harness.wait_for(lambda: all(harness.port_open(p) for p in fe.values()))
         for p in fe.values():
             wrk(p, 1, 16)  # warm-up: HAProxy's connections to the agents are open

@@ -45,7 +45,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 import harness  # noqa: E402
+import haproxy_cfg  # noqa: E402
 import ip_store  # noqa: E402
+import supervisor as sv  # noqa: E402
 
 BUILD = os.environ.get("BUILD_DIR", os.path.join(harness.SOURCE_ROOT, "build"))
 SPOA_BENCH = os.path.join(BUILD, "cmd", "spoa-bench", "spoa-bench")
@@ -80,19 +82,10 @@ def bench_agent(rounds, seconds):
         p_ip, p_echo = harness.free_port(), harness.free_port()
         lists = env.write("deny.txt", "".join("10.%d.%d.0/24 ; bench\n" % (i // 256, i % 256)
                                               for i in range(10000)))
-        cfg = env.write("spoad.yaml", """
-agents:
-  - name: iprep
-    type: ip-checker
-    listen: 127.0.0.1:%d
-    deny:
-      - name: bench
-        score: 100
-        file: %s
-  - name: echo
+        cfg = env.write("spoad.yaml", haproxy_cfg.iprep_yaml(p_ip, "file: " + lists) + """  - name: echo
     type: echo
     listen: 127.0.0.1:%d
-""" % (p_ip, lists, p_echo))
+""" % p_echo)
         spoad = env.spoad(cfg, args=["-l", "warn"])
         if not harness.wait_for(lambda: harness.port_open(p_ip) and harness.port_open(p_echo)):
             raise RuntimeError(env.dump_logs())
@@ -125,29 +118,11 @@ agents:
         env.stop()
 
 
-E2E_HAPROXY = """
-global
-    nbthread 1
-    tune.bufsize 16384
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend with_spoe
-    bind 127.0.0.1:%(fe_spoe)d
-    filter spoe engine ip-checker config %(spoe)s
-    http-request deny deny_status 403 if { var(txn.iprep.blocked) -m bool }
-    http-request return status 200 content-type text/plain string "ok"
-frontend without_spoe
-    bind 127.0.0.1:%(fe_plain)d
-    http-request return status 200 content-type text/plain string "ok"
-backend spoe-ip-checker
-    mode tcp
-    timeout connect 1s
-    timeout server 3m
-    server spoad %(agent)s
-"""
+def e2e_haproxy(p):
+    """HAProxy of the e2e benchmark: the ip-checker frontend, and the same without SPOE."""
+    return (haproxy_cfg.head() + haproxy_cfg.iprep_frontend("with_spoe", p["fe_spoe"], p["spoe"])
+            + haproxy_cfg.return_frontend("without_spoe", p["fe_plain"])
+            + haproxy_cfg.spoe_backend("spoe-ip-checker", p["agent"]))
 
 
 def wrk(port, seconds, conns):
@@ -175,19 +150,10 @@ def bench_e2e(rounds, seconds):
         p = {"fe_spoe": harness.free_port(), "fe_plain": harness.free_port(),
              "agent": "127.0.0.1:%d" % agent,
              "spoe": os.path.join(harness.CONFIG_DIR, "spoe-ip-checker.cfg")}
-        cfg = env.write("spoad.yaml", """
-agents:
-  - name: iprep
-    type: ip-checker
-    listen: 127.0.0.1:%d
-    deny:
-      - name: bench
-        score: 100
-        entries: [192.0.2.0/24]
-""" % agent)
+        cfg = env.write("spoad.yaml", haproxy_cfg.iprep_yaml(agent))
         env.spoad(cfg, args=["-l", "warn"])
         harness.wait_for(lambda: harness.port_open(agent))
-        env.haproxy(env.write("haproxy.cfg", E2E_HAPROXY % p))
+        env.haproxy(env.write("haproxy.cfg", e2e_haproxy(p)))
         harness.wait_for(lambda: harness.port_open(p["fe_spoe"]) and harness.port_open(p["fe_plain"]))
         wrk(p["fe_spoe"], 1, 16)  # warm-up: connections to the agent are open
         with_s, without_s, ratios, bad, p99s = [], [], [], 0, []
@@ -210,36 +176,12 @@ agents:
         env.stop()
 
 
-METRICS_HAPROXY = """
-global
-    nbthread 1
-    tune.bufsize 16384
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend metrics_on
-    bind 127.0.0.1:%(fe_on)d
-    filter spoe engine ip-checker config %(spoe_on)s
-    http-request deny deny_status 403 if { var(txn.iprep.blocked) -m bool }
-    http-request return status 200 content-type text/plain string "ok"
-frontend metrics_off
-    bind 127.0.0.1:%(fe_off)d
-    filter spoe engine ip-checker config %(spoe_off)s
-    http-request deny deny_status 403 if { var(txn.iprep.blocked) -m bool }
-    http-request return status 200 content-type text/plain string "ok"
-backend spoe-on
-    mode tcp
-    timeout connect 1s
-    timeout server 3m
-    server spoad %(agent_on)s
-backend spoe-off
-    mode tcp
-    timeout connect 1s
-    timeout server 3m
-    server spoad %(agent_off)s
-"""
+def metrics_haproxy(p):
+    """HAProxy of the metrics benchmark: one ip-checker frontend per spoad (on, off)."""
+    return (haproxy_cfg.head() + haproxy_cfg.iprep_frontend("metrics_on", p["fe_on"], p["spoe_on"])
+            + haproxy_cfg.iprep_frontend("metrics_off", p["fe_off"], p["spoe_off"])
+            + haproxy_cfg.spoe_backend("spoe-on", p["agent_on"])
+            + haproxy_cfg.spoe_backend("spoe-off", p["agent_off"]))
 
 
 def bench_metrics(rounds, seconds):
@@ -278,24 +220,16 @@ def bench_metrics(rounds, seconds):
                                                               "use-backend spoe-on")),
              "spoe_off": env.write("spoe-off.cfg", spoe.replace("use-backend spoe-ip-checker",
                                                                 "use-backend spoe-off"))}
-        yaml = """
-agents:
-  - name: iprep
-    type: ip-checker
-    listen: 127.0.0.1:%d
-    deny:
-      - name: bench
-        score: 100
-        entries: [192.0.2.0/24]
-"""
         m_addr = "127.0.0.1:%d" % m_port
-        env.spoad(env.write("on.yaml", yaml % a_on), args=["-l", "warn", "--metrics", m_addr],
+        env.spoad(env.write("on.yaml", haproxy_cfg.iprep_yaml(a_on)),
+                  args=["-l", "warn", "--metrics", m_addr],
                   name="spoad-on")
-        env.spoad(env.write("off.yaml", yaml % a_off), args=["-l", "warn"], name="spoad-off")
+        env.spoad(env.write("off.yaml", haproxy_cfg.iprep_yaml(a_off)), args=["-l", "warn"],
+                  name="spoad-off")
         ports = (a_on, a_off, m_port)
         if not harness.wait_for(lambda: all(harness.port_open(x) for x in ports)):
             raise RuntimeError(env.dump_logs())
-        env.haproxy(env.write("haproxy.cfg", METRICS_HAPROXY % p))
+        env.haproxy(env.write("haproxy.cfg", metrics_haproxy(p)))
         harness.wait_for(lambda: harness.port_open(p["fe_on"]) and harness.port_open(p["fe_off"]))
         threading.Thread(target=scraper, args=(m_addr,), daemon=True).start()
         wrk(p["fe_on"], 1, 16)  # warm-up: connections to both agents are open
@@ -397,23 +331,6 @@ agents:
             print("  ip-checker-bench: " + line)
 
 
-def cli(sock, line, timeout=30):
-    import socket as so
-    c = so.socket(so.AF_UNIX, so.SOCK_STREAM)
-    c.settimeout(timeout)
-    c.connect(sock)
-    c.sendall(line.encode() + b"\n")
-    c.shutdown(so.SHUT_WR)
-    out = b""
-    while True:
-        chunk = c.recv(65536)
-        if not chunk:
-            break
-        out += chunk
-    c.close()
-    return out.decode()
-
-
 def bench_reload(rounds):
     print("== reload: time from `reload` to the new workers serving (Success=1), 2 agents x 2 workers")
     env = harness.Env("bench-reload")
@@ -442,7 +359,7 @@ agents:
         times, spawn = [], []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            out = cli(sock, "reload")
+            out = sv.cli(sock, "reload")
             t1 = time.perf_counter()
             if not out.startswith("Success=1"):
                 raise RuntimeError(out)
@@ -538,26 +455,10 @@ class _ReloadLoad:
             t.join(30)
 
 
-def _hap_workers(master_sock):
-    """HAProxy's current worker pids from its master CLI `show proc`, or None."""
-    try:
-        out = cli(master_sock, "show proc", timeout=2)
-    except OSError:
-        return None
-    pids, section = set(), None
-    for line in out.split("\n")[1:]:
-        if line.startswith("# "):
-            section = line[2:].strip()
-        elif section == "workers" and line.split()[:2] and line.split()[0].isdigit():
-            pids.add(int(line.split()[0]))
-    return pids or None
-
-
 def _reload_layout(rounds, program):
     """One layout of bench_reload_haproxy: `program` runs spoad from HAProxy's program section
     (HAProxy reloads spoad too), otherwise spoad runs apart (only HAProxy reloads). Returns
     {figure: [values per reload]}."""
-    import socket as so
     env = harness.Env("bench-reload-hap")
     try:
         agent, fe = harness.free_port(), harness.free_port()
@@ -602,26 +503,17 @@ agents:
             """The spoad master pid once its CLI answers from a master not in `exclude` with
             its 2 workers answering `show info`."""
             try:
-                out = cli(sock, "show proc", timeout=2)
-                lines = out.split("\n")
-                master = int(lines[1].split()[0])
-                if master in exclude:
+                sp = sv.show_proc(sock, timeout=2)
+                if sp.master.pid in exclude or len(sp.workers) != 2:
                     return None
-                workers = []
-                for line in lines[3:]:
-                    if not line or line.startswith("#"):
-                        break
-                    workers.append(line.split())
-                if len(workers) != 2:
-                    return None
-                for w in workers:
-                    if "Pid: %s\n" % w[0] not in cli(sock, "@%s show info" % w[2], timeout=2):
+                for w in sp.workers:
+                    if "Pid: %d\n" % w.pid not in sv.cli(sock, "@%d show info" % w.rel, timeout=2):
                         return None
-                return master
-            except (OSError, IndexError, ValueError):
+                return sp.master.pid
+            except (OSError, ValueError, sv.CliTimeout):
                 return None
 
-        harness.wait_for(lambda: _hap_workers(hsock) and spoad_serving(()), interval=0.05)
+        harness.wait_for(lambda: harness.haproxy_workers(hsock) and spoad_serving(()), interval=0.05)
         load = _ReloadLoad(fe)
         try:
             harness.wait_for(lambda: len(load.since(0)) > 200)
@@ -635,15 +527,15 @@ agents:
                 steady = load.since(t_steady)
                 figs["steady_latency_us"].append(statistics.median(r[4] for r in steady))
                 figs["steady_ptime_ms"].append(statistics.median(r[3] or 0 for r in steady))
-                old = _hap_workers(hsock) or set()
+                old = harness.haproxy_workers(hsock) or set()
                 t0 = time.perf_counter()
                 t0_wall = time.time()
-                cli(hsock, "reload", timeout=30)
+                sv.cli(hsock, "reload", timeout=30)
                 if program:
                     m = harness.wait_for(lambda: spoad_serving(masters), interval=0.005)
                     figs["takeover_ms"].append((time.perf_counter() - t0) * 1000)
                     masters.add(m)
-                new = harness.wait_for(lambda: (_hap_workers(hsock) or old) - old, interval=0.01)
+                new = harness.wait_for(lambda: (harness.haproxy_workers(hsock) or old) - old, interval=0.01)
                 # The new worker's first events: its lowest request counters (%rt).
                 def first_rows():
                     rows = [r for r in load.since(t0_wall) if r[1] in new]
@@ -659,7 +551,7 @@ agents:
                 figs["spoe_errors"].append(sum(r[5] for r in load.since(t0_wall)))
                 # spoad's own reload under the same traffic: `reload` to Success=1.
                 t1 = time.perf_counter()
-                out = cli(sock, "reload", timeout=30)
+                out = sv.cli(sock, "reload", timeout=30)
                 if out.startswith("Success=1"):
                     figs["spoad_reload_ms"].append((time.perf_counter() - t1) * 1000)
         finally:
@@ -714,14 +606,7 @@ def bench_reload_haproxy(rounds):
     fig("reload_haproxy.spoe_errors", errors, "", "responses with X-SPOE-Error; should be 0")
 
 
-TRACING_HAPROXY = """
-global
-    nbthread 1
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
+TRACING_FRONTENDS = """
 frontend full
     bind 127.0.0.1:%(fe_full)d
     option httplog
@@ -741,15 +626,13 @@ backend app
     http-request set-header traceparent %%[var(txn.trace.traceparent)] if { var(txn.trace.traceparent) -m found }
     http-reuse always
     server app 127.0.0.1:%(app)d
-backend spoe-tracing
-    mode tcp
-    timeout connect 1s
-    timeout server 3m
-    server spoad %(agent)s
-frontend server
-    bind 127.0.0.1:%(app)d
-    http-request return status 200 content-type text/plain string "ok"
 """
+
+
+def tracing_haproxy(p):
+    return (haproxy_cfg.head(bufsize=False) + TRACING_FRONTENDS % p
+            + haproxy_cfg.spoe_backend("spoe-tracing", p["agent"])
+            + haproxy_cfg.return_frontend("server", p["app"]))
 
 
 def bench_tracing(rounds, seconds):
@@ -775,7 +658,7 @@ agents:
 """ % (agent, env.path("traces.jsonl")))
         env.spoad(cfg, args=["-l", "warn"])
         harness.wait_for(lambda: harness.port_open(agent))
-        env.haproxy(env.write("haproxy.cfg", TRACING_HAPROXY % p))
+        env.haproxy(env.write("haproxy.cfg", tracing_haproxy(p)))
         harness.wait_for(lambda: all(harness.port_open(p[k]) for k in ("fe_full", "fe_lean",
                                                                            "fe_plain")))
         wrk(p["fe_full"], 1, 16)
@@ -804,14 +687,7 @@ agents:
         env.stop()
 
 
-MIRROR_HAPROXY = """
-global
-    nbthread 1
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
+MIRROR_FRONTENDS = """
 frontend mirror
     bind 127.0.0.1:%(fe_mirror)d
     option http-buffer-request
@@ -829,35 +705,19 @@ frontend plain
 backend app
     http-reuse always
     server app 127.0.0.1:%(app)d
-backend spoe-mirror
-    mode tcp
-    timeout connect 1s
-    timeout server 3m
-    server spoad 127.0.0.1:%(agent_up)d
-backend spoe-mirror-down
-    mode tcp
-    timeout connect 1s
-    timeout server 3m
-    server spoad 127.0.0.1:%(agent_down)d
-frontend server
-    bind 127.0.0.1:%(app)d
-    http-request return status 200 content-type text/plain string "ok"
 """
+
+
+def mirror_haproxy(p):
+    return (haproxy_cfg.head(bufsize=False) + MIRROR_FRONTENDS % p
+            + haproxy_cfg.spoe_backend("spoe-mirror", "127.0.0.1:%d" % p["agent_up"])
+            + haproxy_cfg.spoe_backend("spoe-mirror-down", "127.0.0.1:%d" % p["agent_down"])
+            + haproxy_cfg.return_frontend("server", p["app"]))
 
 # The mirror target: a separate HAProxy process (its own thread), so that the replays do not
 # take the measured HAProxy's only thread; the Python target would be the bottleneck.
-MIRROR_TARGET = """
-global
-    nbthread 1
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend target
-    bind 127.0.0.1:%(target)d
-    http-request return status 200 content-type text/plain string "mirrored"
-"""
+def mirror_target(p):
+    return haproxy_cfg.head(bufsize=False) + haproxy_cfg.return_frontend("target", p["target"], "mirrored")
 
 
 def bench_mirror(rounds, seconds):
@@ -897,13 +757,13 @@ agents:
 """ % (sock, agent_up, p["target"], agent_down, dead))
         env.spoad(cfg, args=["-l", "warn"])
         harness.wait_for(lambda: harness.port_open(agent_up) and harness.port_open(agent_down))
-        env.haproxy(env.write("target.cfg", MIRROR_TARGET % p), name="haproxy-target")
-        env.haproxy(env.write("haproxy.cfg", MIRROR_HAPROXY % p))
+        env.haproxy(env.write("target.cfg", mirror_target(p)), name="haproxy-target")
+        env.haproxy(env.write("haproxy.cfg", mirror_haproxy(p)))
         harness.wait_for(lambda: all(harness.port_open(p[k]) for k in (
             "fe_mirror", "fe_down", "fe_plain", "target")))
 
         def counters(rel):
-            j = json.loads(cli(sock, "@%d show stat json" % rel))
+            j = json.loads(sv.cli(sock, "@%d show stat json" % rel))
             return next(iter(v for v in j.values() if isinstance(v, dict)
                              and "agent_stats" in v))["agent_stats"]
 
@@ -962,13 +822,13 @@ def bench_mirror_down(rounds, clients=4, pairs=150):
     """Target down, shipped config: latency through the mirror filter against a frontend
     without it, same HAProxy and app, requests interleaved on keep-alive connections."""
     import threading
-    import test_mirror as tm  # the test's stack: spoad + HAProxy with the shipped files
+    import mirror_support as ms  # the test's stack: spoad + HAProxy with the shipped files
 
     print("== mirror-down: config/haproxy-mirror.cfg, mirror target down, %d rounds of %d "
           "clients x %d requests to each frontend, interleaved" % (rounds, clients, pairs))
-    s = tm.Stack("bench-mirror-down", [("http://127.0.0.1:%d" % harness.free_port(), {})],
-                 app="haproxy", plain=True, shipped_timeouts=True,
-                 extra="    connect-timeout: 1s\n    replay-timeout: 5s\n")
+    s = ms.MirrorStack("bench-mirror-down", [("http://127.0.0.1:%d" % harness.free_port(), {})],
+                       app="haproxy", plain=True, shipped_timeouts=True,
+                       extra="    connect-timeout: 1s\n    replay-timeout: 5s\n")
     try:
         s.warm_up()
         before = s.stats()
@@ -979,16 +839,15 @@ def bench_mirror_down(rounds, clients=4, pairs=150):
             lock = threading.Lock()
 
             def client(i):
-                conns = {"mirror": tm.RawClient(s.fe), "plain": tm.RawClient(s.plain)}
+                conns = {"mirror": ms.Client(s.fe), "plain": ms.Client(s.plain)}
                 for k in range(pairs):
                     order = ("mirror", "plain") if (i + k) % 2 == 0 else ("plain", "mirror")
                     for which in order:
                         rid = "l%d-%d-%d" % (rnd, i, k)
-                        data = tm.build_request("GET", "/lat/%s/%s?x=%d" % (which, rid, k),
-                                                [("Host", "app.example"), ("X-Req-Id", rid)])
+                        req = ms.small_get(rid, "/lat/%s/%s?x=%d" % (which, rid, k))
                         t0 = time.perf_counter()
                         try:
-                            r = conns[which].request(data, "GET")
+                            r = conns[which].request(req)
                             dt = time.perf_counter() - t0
                             ok = r.status == 200 and r.body == b"mirrored\n"
                         except Exception as e:  # noqa: BLE001
@@ -1023,7 +882,7 @@ def bench_mirror_down(rounds, clients=4, pairs=150):
                       rnd, med(lat["mirror"]), pm, med(lat["plain"]), pp, pm / pp, pm - pp),
                   flush=True)
         s.wait_idle()
-        st = tm.delta(s.stats(), before)
+        st = ms.delta(s.stats(), before)
         if pm_all:
             fig("mirror_down.p99", "%.0f" % med(pm_all), "us", "median of %d rounds" % len(pm_all))
             fig("mirror_down.no_filter_p99", "%.0f" % med(pp_all), "us", "baseline, same run")

@@ -352,15 +352,70 @@ def http_request(port, path="/", method="GET", source=None, headers=None, body=N
 
 
 def haproxy_stats_cmd(sock_path, cmd, timeout=GUARD_S):
-    """Sends one command to a HAProxy stats (or master) socket and returns the answer."""
+    """Sends one command to a HAProxy stats (or master) socket, then EOF (the master CLI keeps
+    a connection open until the client closes), and returns the answer."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(sock_path)
         s.sendall(cmd.encode() + b"\n")
+        s.shutdown(socket.SHUT_WR)
         out = b""
         while True:
             chunk = s.recv(65536)
             if not chunk:
                 break
             out += chunk
-    return out.decode()
+    return out.decode("utf-8", "replace")
+
+
+def haproxy_stat_rows(stats_sock, timeout=GUARD_S):
+    """The rows of `show stat` on HAProxy's stats socket, as dicts by column name (pxname,
+    svname, status...), or None while HAProxy does not answer."""
+    try:
+        lines = haproxy_stats_cmd(stats_sock, "show stat", timeout).splitlines()
+    except OSError:
+        return None
+    if not lines:
+        return None
+    header = lines[0].lstrip("# ").split(",")
+    return [dict(zip(header, line.split(","))) for line in lines[1:]]
+
+
+def haproxy_show_proc(master_sock, timeout=2.0):
+    """{section: [(pid, type)]} from `show proc` on HAProxy's master CLI (2.6 and 3.x layouts:
+    the pid and the type are the first two columns; the master row is under "master", then
+    "workers", "old workers", "programs"...), or None while it does not answer (HAProxy
+    re-executing: a connection then waits unanswered, hence the short timeout; callers poll)."""
+    try:
+        out = haproxy_stats_cmd(master_sock, "show proc", timeout)
+    except OSError:
+        return None
+    if not out.startswith("#<PID>"):
+        return None
+    sections = {"master": []}
+    cur = "master"
+    for line in out.split("\n")[1:]:
+        if not line.strip():
+            continue
+        if line.startswith("# "):
+            cur = line[2:].strip()
+            sections[cur] = []
+            continue
+        f = line.split()
+        if len(f) >= 2 and f[0].isdigit():
+            sections[cur].append((int(f[0]), f[1]))
+    return sections
+
+
+def haproxy_pids(sections, section, typ):
+    """The pids of type `typ` in `section` of a haproxy_show_proc() answer."""
+    return [pid for pid, t in sections.get(section, []) if t == typ]
+
+
+def haproxy_workers(master_sock):
+    """The pids of HAProxy's current workers (a set), or None while its master CLI does not
+    answer or lists none."""
+    sections = haproxy_show_proc(master_sock)
+    if sections is None:
+        return None
+    return set(haproxy_pids(sections, "workers", "worker")) or None

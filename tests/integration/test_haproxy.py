@@ -20,22 +20,14 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
+import stack  # noqa: E402
 import supervisor as sv  # noqa: E402
 
 
 def server_status(stats_sock, backend, server):
     """(status, check_status, check_desc) of a server from HAProxy's `show stat`."""
-    try:
-        out = harness.haproxy_stats_cmd(stats_sock, "show stat")
-    except OSError:  # HAProxy not up yet
-        return None, None, None
-    lines = out.splitlines()
-    header = lines[0].lstrip("# ").split(",")
-    for line in lines[1:]:
-        row = dict(zip(header, line.split(",")))
-        if row.get("pxname") == backend and row.get("svname") == server:
-            return row.get("status"), row.get("check_status"), row.get("check_desc")
-    return None, None, None
+    row = stack.server_row(stats_sock, backend, server) or {}
+    return row.get("status"), row.get("check_status"), row.get("check_desc")
 
 
 class ShippedConfig(unittest.TestCase):
@@ -43,21 +35,13 @@ class ShippedConfig(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.env = harness.Env("haproxy")
-        cls.vars = harness.shipped_env(cls.env)
-        cls.fe_port = harness.port_of(cls.vars["HAPROXY_BIND"])
-        cls.agent_port = harness.port_of(cls.vars["SPOAD_IPREP_ADDR"])
-        cls.stats = cls.vars["HAPROXY_STATS_SOCKET"]
-        cls.spoad = cls.env.spoad(os.path.join(harness.CONFIG_DIR, "spoad.yaml"), env=cls.vars)
-        if not harness.wait_for(lambda: harness.port_open(cls.agent_port)):
-            raise RuntimeError("spoad did not start:\n" + cls.env.dump_logs())
-        cls.haproxy = cls.env.haproxy(os.path.join(harness.CONFIG_DIR, "haproxy.cfg"), env=cls.vars)
-        if not harness.wait_for(lambda: harness.port_open(cls.fe_port)):
-            raise RuntimeError("haproxy did not start:\n" + cls.env.dump_logs())
+        cls.s = stack.shipped_stack("haproxy")
+        cls.env, cls.fe_port = cls.s.env, cls.s.fe
+        cls.stats = cls.s.vars["HAPROXY_STATS_SOCKET"]
 
     @classmethod
     def tearDownClass(cls):
-        cls.env.stop()
+        cls.s.stop()
 
     def get(self, source):
         return harness.http_request(self.fe_port, "/", source=source)
@@ -92,13 +76,9 @@ class ShippedConfig(unittest.TestCase):
 
 class HealthCheckDown(unittest.TestCase):
     def test_agent_goes_down_when_spoad_stops(self):
-        env = harness.Env("spopcheck")
-        self.addCleanup(env.stop)
-        v = harness.shipped_env(env)
-        agent = harness.port_of(v["SPOAD_IPREP_ADDR"])
-        spoad = env.spoad(os.path.join(harness.CONFIG_DIR, "spoad.yaml"), env=v)
-        self.assertTrue(harness.wait_for(lambda: harness.port_open(agent)), env.dump_logs())
-        env.haproxy(os.path.join(harness.CONFIG_DIR, "haproxy.cfg"), env=v)
+        s = stack.shipped_stack("spopcheck")
+        self.addCleanup(s.stop)
+        env, v, spoad = s.env, s.vars, s.spoad
         self.assertTrue(harness.wait_for(
             lambda: server_status(v["HAPROXY_STATS_SOCKET"], "spoe-ip-checker", "spoad")[0] == "UP"),
             env.dump_logs())
@@ -149,8 +129,9 @@ class ListReload(unittest.TestCase):
     """Deny lists change while HAProxy keeps sending traffic: no restart needed."""
 
     def start(self, watch):
-        env = harness.Env("reload")
-        self.addCleanup(env.stop)
+        s = stack.Stack("reload")
+        self.addCleanup(s.stop)
+        env = s.env
         p = {"agent": harness.free_port(), "list": env.path("live.txt"), "watch": watch,
              "watched": harness.free_port()}
         self.write_list(p["list"], "192.0.2.0/24\n")
@@ -158,13 +139,11 @@ class ListReload(unittest.TestCase):
         p.update(tracing=v["SPOAD_TRACING_ADDR"], mirror=v["SPOAD_MIRROR_ADDR"],
                  mirror_target=v["MIRROR_TARGET_ADDR"])
         fe = harness.port_of(v["HAPROXY_BIND"])
-        spoad = env.spoad(env.write("spoad.yaml", RELOAD_SPOAD % p))
+        spoad = s.start_spoad(RELOAD_SPOAD % p)
         # Every worker has loaded its lists (the master's sockets accept from the start): the
         # list changes below come after that.
         self.assertTrue(harness.wait_log(spoad, "worker(s) ready"), env.dump_logs())
-        env.haproxy(os.path.join(harness.CONFIG_DIR, "haproxy.cfg"), env=v)
-        self.assertTrue(harness.wait_for(lambda: harness.port_open(fe)), env.dump_logs())
-        self.assertTrue(harness.wait_for(lambda: harness.port_open(p["watched"])), env.dump_logs())
+        s.start_haproxy(stack.shipped("haproxy.cfg"), env=v, ports=[fe, p["watched"]])
         self.watched = p["watched"]
         return env, spoad, fe, p["list"]
 
@@ -260,14 +239,13 @@ backend spoe-echo
                  "see test_haproxy3.NoFragmentation)")
 class Fragmentation(unittest.TestCase):
     def test_large_argument_arrives_whole(self):
-        env = harness.Env("frag")
-        self.addCleanup(env.stop)
+        s = stack.Stack("frag")
+        self.addCleanup(s.stop)
+        env = s.env
         p = {"fe": harness.free_port(), "agent": harness.free_port(), "spoe": env.path("spoe.cfg")}
         env.write("spoe.cfg", FRAG_SPOE)
-        spoad = env.spoad(env.write("spoad.yaml", FRAG_SPOAD % p), args=["-l", "debug"])
-        self.assertTrue(harness.wait_for(lambda: harness.port_open(p["agent"])), env.dump_logs())
-        env.haproxy(env.write("haproxy.cfg", FRAG_HAPROXY % p))
-        self.assertTrue(harness.wait_for(lambda: harness.port_open(p["fe"])), env.dump_logs())
+        spoad = s.start_spoad(FRAG_SPOAD % p, args=["-l", "debug"], ports=[p["agent"]])
+        s.start_haproxy(FRAG_HAPROXY % p, ports=[p["fe"]])
 
         # HAProxy learns the small frame size from the first AGENT-HELLO; before that, an
         # oversized message fails (haproxy-facts.md). Send a small request first.

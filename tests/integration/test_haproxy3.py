@@ -46,6 +46,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 import http_target  # noqa: E402
+import stack  # noqa: E402
 import supervisor as sv  # noqa: E402
 
 
@@ -59,23 +60,8 @@ def need(major, minor, why):
         raise unittest.SkipTest("%s: %s" % (version_text(), why))
 
 
-def shipped(name):
-    return os.path.join(harness.CONFIG_DIR, name)
-
-
-def worker_stats(sock, rel, agent):
-    """`@rel show stat json` of a spoad worker: the runtime counters of `agent`."""
-    return sv.load_json(sv.cli(sock, "@%d show stat json" % rel))[agent]
-
-
-def total_stats(sock, rels, agent):
-    """Sums of the numeric runtime counters of `agent` over the workers `rels`."""
-    tot = {}
-    for rel in rels:
-        for k, v in worker_stats(sock, rel, agent).items():
-            if isinstance(v, int) and not isinstance(v, bool):
-                tot[k] = tot.get(k, 0) + v
-    return tot
+shipped = stack.shipped
+total_stats = stack.total_stats
 
 
 LOG_LINE = re.compile(r"^\S+ \[\d+\] \S+ (\w+): ")
@@ -165,22 +151,6 @@ class ProgramLayout(unittest.TestCase):
         self.assertIn("spoad", out)
 
 
-def haproxy_workers(master_sock):
-    """The pids of HAProxy's current workers, from `show proc` on its master CLI (rows of type
-    `worker` before any "# old workers" line); None while the master does not answer."""
-    out = sv.try_cli(master_sock, "show proc", timeout=2.0)
-    if out is None or not out.startswith("#"):
-        return None
-    pids = set()
-    for line in out.splitlines()[1:]:
-        if line.startswith("# old"):
-            break
-        f = line.split()
-        if len(f) > 1 and f[1] == "worker" and f[0].isdigit():
-            pids.add(int(f[0]))
-    return pids
-
-
 SERVICE = shipped("spoad.service")
 
 
@@ -241,11 +211,11 @@ class SystemdLayout(unittest.TestCase):
         self.assertTrue(sv.wait_http_ok(fe), sv.tail_logs(env))
 
         # HAProxy's own reload does not involve spoad: its new worker finds the same agents.
-        old = harness.wait_for(lambda: haproxy_workers(hsock), interval=0.1)
+        old = harness.wait_for(lambda: harness.haproxy_workers(hsock), interval=0.1)
         self.assertTrue(old, sv.tail_logs(env))
         out = sv.socat_cmd(hsock, "reload")
         self.assertTrue(harness.wait_for(
-            lambda: (haproxy_workers(hsock) or old) - old, interval=0.1), (out, sv.tail_logs(env)))
+            lambda: (harness.haproxy_workers(hsock) or old) - old, interval=0.1), (out, sv.tail_logs(env)))
         self.assertTrue(sv.wait_http_ok(fe), (out, sv.tail_logs(env)))
         self.assertEqual(sv.show_proc(v["SPOAD_CLI_SOCKET"]).master.pid, spoad.pid)
 
@@ -275,26 +245,23 @@ class SystemdLayout(unittest.TestCase):
 
 class ShippedMirrorLargeBodies(unittest.TestCase):
     def test_bodies_above_16k_are_mirrored_whole_from_the_first_request(self):
-        env = harness.Env("h3-mirror")
-        self.addCleanup(env.stop)
-        v = harness.shipped_env(env)
+        s = stack.Stack("h3-mirror")
+        self.addCleanup(s.stop)
+        env, v = s.env, s.use_shipped()
         # spoad.yaml's mirror target is http://$MIRROR_TARGET_ADDR: a recording HTTP server.
         target = http_target.HttpTarget(harness.port_of(v["MIRROR_TARGET_ADDR"])).start()
         self.addCleanup(target.stop)
         # meson test sets MALLOC_PERTURB_, which makes HAProxy fill its 1.1 MB buffers on
         # every allocation (see test_mirror.py).
         v["MALLOC_PERTURB_"] = "0"
-        spoad = env.spoad(shipped("spoad.yaml"), env=v)
-        sock = v["SPOAD_CLI_SOCKET"]
-        self.assertIsNotNone(sv.wait_pool(sock, 6, proc=spoad), sv.tail_logs(env))
-        fe = harness.port_of(v["HAPROXY_BIND"])
+        s.start_shipped_spoad(workers=6)
+        sock, fe = s.sock, s.fe
         # The application reads each body whole before it answers. An HAProxy frontend with
         # `http-request return` answers before the body has arrived and closes, and under load
         # the client side then sees a reset: a 502 that says nothing about the mirror.
         app = http_target.HttpTarget(harness.port_of(v["APP_ADDR"])).start()
         self.addCleanup(app.stop)
-        env.haproxy(shipped("haproxy-mirror.cfg"), env=v)
-        self.assertTrue(harness.wait_for(lambda: harness.port_open(fe)), sv.tail_logs(env))
+        s.start_shipped_haproxy("haproxy-mirror.cfg")
         # The first requests of a fresh HAProxy, no warm-up: 2.6 once lost the first large
         # message of each thread when the agent announced less than tune.bufsize - 4.
         sizes = [20 * 1024, 100 * 1024, 600 * 1024, 1024 * 1024, 17 * 1024, 64 * 1024]
@@ -397,35 +364,27 @@ backend spoe-echo
 """
 
 
-class EchoStack:
+class EchoStack(stack.Stack):
     """spoad's echo agent behind an HAProxy frontend whose SPOE engine has two events per
     request (ECHO_SPOE), on `workers` spoad workers and `nbthread` HAProxy threads."""
 
     def __init__(self, test, workers=1, nbthread=1, mode="tcp", extra=""):
-        self.env = harness.Env("h3-echo")
-        test.addCleanup(self.env.stop)
+        super().__init__("h3-echo")
+        test.addCleanup(self.stop)
         self.workers = workers
         self.fe, self.agent, self.app = (harness.free_port(), harness.free_port(),
                                          harness.free_port())
-        self.sock = self.env.path("master.sock")
+        sock = self.env.path("master.sock")
         self.stats_sock = self.env.path("haproxy.sock")
-        self.spoad = self.env.spoad(self.env.write("spoad.yaml", ECHO_YAML % {
-            "sock": self.sock, "agent": self.agent, "workers": workers, "extra": extra}))
-        if sv.wait_pool(self.sock, workers, proc=self.spoad) is None:
-            raise AssertionError("spoad did not start:\n" + self.logs())
+        self.start_spoad(ECHO_YAML % {"sock": sock, "agent": self.agent, "workers": workers,
+                                      "extra": extra}, sock=sock, workers=workers)
         spoe = self.env.write("spoe.cfg", ECHO_SPOE)
-        self.haproxy = self.env.haproxy(self.env.write("haproxy.cfg", ECHO_HAPROXY % {
+        self.start_haproxy(ECHO_HAPROXY % {
             "nbthread": nbthread, "stats": self.stats_sock, "fe": self.fe, "spoe": spoe,
-            "app": self.app, "mode": mode, "agent": self.agent}))
-        if not harness.wait_for(lambda: not self.haproxy.alive() or harness.port_open(self.fe)) \
-                or not self.haproxy.alive():
-            raise AssertionError("haproxy did not start:\n" + self.logs())
-
-    def logs(self):
-        return sv.tail_logs(self.env)
+            "app": self.app, "mode": mode, "agent": self.agent}, ports=[self.fe])
 
     def stats(self):
-        return total_stats(self.sock, range(1, self.workers + 1), "echo")
+        return self.total_stats(range(1, self.workers + 1), "echo")
 
     def get(self, rid, delay_ms=0, body=None):
         h = {"x-id": rid}
@@ -467,14 +426,9 @@ class Pooling(unittest.TestCase):
     def test_shipped_files_reuse_agent_connections(self):
         # config/haproxy.cfg and config/spoad.yaml as shipped, all three agents: on 3.1+ their
         # `mode spop` backends keep pooled connections (see the comment in haproxy.cfg).
-        env = harness.Env("h3-pool-shipped")
-        self.addCleanup(env.stop)
-        v = harness.shipped_env(env)
-        sock = v["SPOAD_CLI_SOCKET"]
-        spoad = env.spoad(shipped("spoad.yaml"), env=v)
-        self.assertIsNotNone(sv.wait_pool(sock, 6, proc=spoad), sv.tail_logs(env))
-        fe = harness.port_of(v["HAPROXY_BIND"])
-        env.haproxy(shipped("haproxy.cfg"), env=v)
+        s = stack.shipped_stack("h3-pool-shipped", workers=6)
+        self.addCleanup(s.stop)
+        env, sock, fe = s.env, s.sock, s.fe
         self.assertTrue(sv.wait_http_ok(fe), sv.tail_logs(env))
         agents = {"iprep": (1, 2), "tracing": (3, 4), "mirror": (5, 6)}
         before = {a: total_stats(sock, rels, a) for a, rels in agents.items()}
@@ -579,14 +533,8 @@ class SpopModeBackend(unittest.TestCase):
         s = EchoStack(self, workers=2, nbthread=2, mode="spop")
 
         def up():
-            out = harness.haproxy_stats_cmd(s.stats_sock, "show stat")
-            lines = out.splitlines()
-            header = lines[0].lstrip("# ").split(",")
-            for line in lines[1:]:
-                row = dict(zip(header, line.split(",")))
-                if row.get("pxname") == "spoe-echo" and row.get("svname") == "spoad":
-                    return row if row.get("status") == "UP" else None
-            return None
+            row = stack.server_row(s.stats_sock, "spoe-echo", "spoad")
+            return row if row and row.get("status") == "UP" else None
         row = harness.wait_for(up)
         self.assertIsNotNone(row, s.logs())
         self.assertEqual(row.get("check_status"), "L7OK", row)

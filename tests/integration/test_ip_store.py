@@ -38,6 +38,7 @@ import uuid
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 import redis_server  # noqa: E402
+import stack  # noqa: E402
 import supervisor as sv  # noqa: E402
 
 AGENT = "iprep"
@@ -105,47 +106,31 @@ def store_connected(text):
     return re.search(r"(?<![a-z])connected", text) is not None and "disconnected" not in text
 
 
-class Host:
-    """One spoad instance (ip-checker with the store) behind its own HAProxy."""
+class Host(stack.Stack):
+    """One spoad instance (ip-checker with the store) behind its own HAProxy, in a directory
+    the test owns (files and processes named after the host)."""
 
     def __init__(self, env, name, redis, key_prefix):
-        self.env = env
+        super().__init__(env, suffix=name)
         self.name = name
         self.sock = env.path("%s.sock" % name)
         self.agent_port = harness.free_port()
         self.fe_port = harness.free_port()
-        cfg = env.write("%s.yaml" % name, SPOAD_YAML % {
+        self.config = SPOAD_YAML % {
             "agent": AGENT, "port": self.agent_port, "list": LIST, "url": redis.url(),
-            "key_prefix": key_prefix})
-        self.spoad = env.spoad(cfg, args=["-S", self.sock], name="spoad-%s" % name)
-        self.haproxy = None
-        self.tracker = sv.Tracker()
+            "key_prefix": key_prefix}
 
     def start(self):
-        sp = sv.wait_pool(self.sock, 2, proc=self.spoad)
-        if sp is None:
-            raise RuntimeError("spoad %s did not start:\n%s" % (self.name, self.logs()))
-        self.tracker.add_proc(sp)
+        """Starts spoad (its 2 workers, the store connected), then HAProxy (answering)."""
+        self.start_spoad(self.config, args=["-S", self.sock], workers=2)
         if not self.wait_store(True):
             raise RuntimeError("spoad %s: the store did not connect:\n%s" % (
                 self.name, self.logs()))
-        cfg = self.env.write("haproxy-%s.cfg" % self.name, HAPROXY_CFG % {
+        self.start_haproxy(HAPROXY_CFG % {
             "stats": self.env.path("haproxy-%s.sock" % self.name), "fe": self.fe_port,
             "agent": self.agent_port, "guard": int(harness.GUARD_S),
-            "spoe": os.path.join(harness.spoe_dir(self.env), "spoe-ip-checker.cfg")})
-        self.haproxy = self.env.haproxy(cfg, name="haproxy-%s" % self.name)
-        if not harness.wait_for(lambda: self.answer("127.0.0.2") == (200, None)):
-            raise RuntimeError("HAProxy %s does not answer:\n%s" % (self.name, self.logs()))
-
-    def stop(self):
-        if self.haproxy:
-            self.haproxy.stop()
-        self.spoad.stop()
-        self.tracker.cleanup()
-
-    def logs(self, chars=4000):
-        return "\n".join("----- %s -----\n%s" % (p.name, p.output()[-chars:])
-                         for p in (self.spoad, self.haproxy) if p is not None)
+            "spoe": os.path.join(harness.spoe_dir(self.env), "spoe-ip-checker.cfg")},
+            ready=lambda: self.answer("127.0.0.2") == (200, None))
 
     # ---- HTTP through HAProxy
 

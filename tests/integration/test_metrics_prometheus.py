@@ -75,6 +75,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 import spop  # noqa: E402
+import stack  # noqa: E402
 import supervisor as sv  # noqa: E402
 from test_reload_haproxy import Clients, WWW_LINE  # noqa: E402
 
@@ -336,24 +337,20 @@ def sample_sum(text, family, labels):
 class MetricsUnderPrometheus(unittest.TestCase):
     maxDiff = None
     def setUp(self):
-        self.env = harness.Env("metrics-prom")
-        self.tracker = sv.Tracker()
-        self.addCleanup(self.tracker.cleanup)
-        self.addCleanup(self.env.stop)
-        self.vars = harness.shipped_env(self.env)
-        self.sock = self.vars["SPOAD_CLI_SOCKET"]
-        self.fe = harness.port_of(self.vars["HAPROXY_BIND"])
+        self.stack = stack.Stack("metrics-prom")
+        self.addCleanup(self.stack.stop)
+        self.env, self.tracker = self.stack.env, self.stack.tracker
+        self.vars = self.stack.use_shipped()
+        self.sock, self.fe = self.stack.sock, self.stack.fe
         self.metrics_addr = "127.0.0.1:%d" % harness.free_port()
 
     def logs(self):
         return sv.tail_logs(self.env)
 
     def start_stack(self):
-        self.spoad = self.env.spoad(os.path.join(harness.CONFIG_DIR, "spoad.yaml"),
-                                    env=self.vars, args=["--metrics", self.metrics_addr])
-        sp = sv.wait_pool(self.sock, WORKERS, proc=self.spoad)
-        self.assertIsNotNone(sp, ("spoad did not start its workers", self.logs()))
-        self.tracker.add_proc(sp)
+        self.spoad = self.stack.start_shipped_spoad(args=["--metrics", self.metrics_addr],
+                                                    workers=WORKERS)
+        sp = sv.show_proc(self.sock)
         self.assertTrue(harness.wait_for(lambda: harness.port_open(
             harness.port_of(self.metrics_addr))), ("no metrics listener", self.logs()))
         with open(os.path.join(harness.CONFIG_DIR, "haproxy.cfg")) as f:
@@ -361,9 +358,7 @@ class MetricsUnderPrometheus(unittest.TestCase):
         # One thread: HAProxy never drops a log line (see the module doc).
         cfg, n = re.subn(r"(?m)^global\n", "global\n    nbthread 1\n", cfg, count=1)
         self.assertEqual(n, 1, "config/haproxy.cfg has no global section")
-        self.hap = self.env.haproxy(self.env.write("haproxy.cfg", cfg), env=self.vars)
-        self.assertTrue(harness.wait_for(self.warm_up, interval=0.2),
-                        ("HAProxy does not answer", self.logs()))
+        self.hap = self.stack.start_shipped_haproxy(text=cfg, ready=self.warm_up)
         return sp
 
     warm_answered = 0  # requests of warm_up() that got an answer (HAProxy logged each)

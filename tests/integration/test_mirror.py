@@ -24,9 +24,10 @@ receive.
   every documented configuration key accepted by `spoad -c`.
 
 The HAProxy side is config/haproxy-mirror.cfg and config/spoe-mirror.cfg as shipped (ports from
-the environment; the SPOE hello and processing timeouts raised, see harness.spoe_dir); variants of spoe-mirror.cfg are textual replacements written to the test's
-directory, and extra frontends (an `http-request return` app, frontends with other variants
-of spoe-mirror.cfg) come in a second -f file.
+the environment; the SPOE hello and processing timeouts raised, see harness.spoe_dir); variants
+of spoe-mirror.cfg are textual replacements written to the test's directory, and extra
+frontends (an `http-request return` app, frontends with other variants of spoe-mirror.cfg) come
+in a second -f file. The requests, the client and the stack are in mirror_support.py.
 
 Nothing here measures speed or sleeps to synchronise: each step waits for its event (an
 answer, a counter, a record at a target), with harness.GUARD_S as a guard against a hang.
@@ -34,9 +35,6 @@ answer, a counter, a record at a target), with harness.GUARD_S as a guard agains
 import collections
 import hashlib
 import os
-import random
-import re
-import socket
 import ssl
 import subprocess
 import sys
@@ -47,529 +45,10 @@ import unittest
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 import http_target  # noqa: E402
-import supervisor as sv  # noqa: E402
-
-WORKERS = 2
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
-              "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate",
-              "expect"}
-ADD_HEADERS = [("X-Mirrored-By", "spoad")]
-REMOVE_HEADERS = ["X-Secret"]
-SPOE_FILE = os.path.join(harness.CONFIG_DIR, "spoe-mirror.cfg")
-HAPROXY_FILE = os.path.join(harness.CONFIG_DIR, "haproxy-mirror.cfg")
-SPOE_EVENT = "    event on-frontend-http-request\n"
-SPOE_ARGS = ("args arg_method=method arg_path=url arg_ver=req.ver arg_hdrs=req.hdrs_bin "
-             "arg_body=req.body")
-
-
-# --------------------------------------------------------------------------------------------
-# A raw HTTP/1.1 client: the test decides every byte of the request (header order, duplicates,
-# empty values, case), which http.client does not allow.
-
-
-class Response:
-    def __init__(self, status, headers, body):
-        self.status, self.headers, self.body = status, headers, body
-
-    def __repr__(self):
-        return "Response(%d, %r, %r)" % (self.status, self.headers, self.body[:100])
-
-
-class RawClient:
-    """Keep-alive connection to HAProxy; reconnects when the server closed."""
-
-    def __init__(self, port, timeout=harness.GUARD_S):
-        self.port, self.timeout = port, timeout
-        self.sock, self.buf = None, b""
-
-    def connect(self):
-        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def close(self):
-        if self.sock:
-            self.sock.close()
-        self.sock = None
-
-    def _fill(self):
-        d = self.sock.recv(1 << 16)
-        if not d:
-            raise EOFError("connection closed by HAProxy")
-        self.buf += d
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            self._fill()
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def _exact(self, n):
-        while len(self.buf) < n:
-            self._fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def request(self, data, method):
-        """Sends the raw request `data`; returns the final Response (1xx skipped)."""
-        if self.sock is None:
-            self.connect()
-        self.sock.sendall(data)
-        while True:
-            while b"\r\n\r\n" not in self.buf:
-                self._fill()
-            head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-            lines = head.split(b"\r\n")
-            status = int(lines[0].split(b" ")[1])
-            headers = {}
-            for line in lines[1:]:
-                k, v = line.split(b":", 1)
-                headers[k.strip().lower().decode()] = v.strip().decode("latin-1")
-            if 100 <= status < 200:
-                continue
-            break
-        if method == "HEAD" or status in (204, 304):
-            body = b""
-        elif "content-length" in headers:
-            body = self._exact(int(headers["content-length"]))
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int(self._line().split(b";")[0], 16)
-                if size == 0:
-                    while self._line():
-                        pass
-                    break
-                parts.append(self._exact(size))
-                self._line()
-            body = b"".join(parts)
-        else:
-            try:
-                while True:
-                    self._fill()
-            except EOFError:
-                pass
-            body, self.buf = self.buf, b""
-            self.close()
-        if headers.get("connection", "").lower() == "close":
-            self.close()
-        return Response(status, headers, body)
-
-
-def build_request(method, target, headers, body=b"", chunked=False):
-    """Raw request bytes; `headers` is the exact list sent (Content-Length/Transfer-Encoding
-    included by the caller)."""
-    out = ["%s %s HTTP/1.1" % (method, target)]
-    for k, v in headers:
-        out.append("%s: %s" % (k, v) if v != "" else "%s:" % k)
-    head = ("\r\n".join(out) + "\r\n\r\n").encode("latin-1")
-    if not chunked:
-        return head + body
-    parts, pos, rng = [], 0, random.Random(len(body))
-    while pos < len(body):
-        n = rng.randint(1, 70000)
-        parts.append(b"%x\r\n" % len(body[pos:pos + n]) + body[pos:pos + n] + b"\r\n")
-        pos += n
-    return head + b"".join(parts) + b"0\r\n\r\n"
-
-
-# --------------------------------------------------------------------------------------------
-# The requests of the main case, and what a target must receive for each.
-
-
-class Req:
-    def __init__(self, rid, method, target, headers, body, chunked):
-        self.rid, self.method, self.target = rid, method, target
-        self.headers, self.body, self.chunked = headers, body, chunked
-        self.sha = hashlib.sha256(body).hexdigest()
-
-    def raw(self):
-        return build_request(self.method, self.target, self.headers, self.body, self.chunked)
-
-    def path(self):
-        """Path and query as the replay must carry them (absolute-form: scheme and authority
-        dropped)."""
-        t = self.target
-        if "://" in t:
-            rest = t.split("://", 1)[1]
-            i = min([x for x in (rest.find("/"), rest.find("?")) if x >= 0] or [len(rest)])
-            t = rest[i:]
-            if t.startswith("?") or t == "":
-                t = "/" + t
-        return t
-
-    def host(self):
-        vals = [v for k, v in self.headers if k.lower() == "host"]
-        return vals[0] if vals else None
-
-
-def expected_headers(sent, add=ADD_HEADERS, remove=REMOVE_HEADERS):
-    """(lowercased name, value) list a target must receive, Host and Content-Length left out
-    (checked apart). HAProxy lowercases names and trims the whitespace around values."""
-    lower = [(k.lower(), v.strip(" \t")) for k, v in sent]
-    named = {t.strip().lower() for k, v in lower if k == "connection" for t in v.split(",")}
-    drop = HOP_BY_HOP | named | {r.lower() for r in remove} | {"host", "content-length"}
-    return [(k, v) for k, v in lower if k not in drop] + [(k.lower(), v) for k, v in add]
-
-
-def received_headers(rec):
-    return [(k.lower(), v) for k, v in rec.headers if k.lower() not in ("host", "content-length")]
-
-
-METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-# NOTIFY fragment boundaries of HAProxy 2.6 with 16380-byte frames, 64 KiB, 1 MiB.
-SPECIAL_SIZES = [1, 16347, 16348, 16349, 16380, 16384, 65536, 1048575, 1048576, 1048576]
-
-
-def make_requests(n, seed, host="shop.example:8443"):
-    rng = random.Random(seed)
-    reqs = []
-    special = list(SPECIAL_SIZES)
-    for i in range(n):
-        method = METHODS[i % len(METHODS)]
-        rid = "m%04d-%08x" % (i, rng.getrandbits(32))
-        if method == "HEAD":
-            size = 0
-        elif special:
-            size = special.pop(0)
-        elif i % 6 == 0:
-            size = 0
-        else:
-            size = int(round(2 ** rng.uniform(0, 20)))  # 1 B .. 1 MiB, log-uniform
-        body = rng.randbytes(size)
-        chunked = size > 0 and i % 11 == 3
-        path = "/m/%s/%s?i=%d&q=a%%20b+c&e=&u=%%C3%%A9" % (method.lower(), rid, i)
-        if i % 17 == 5:
-            path = "/m/%s/./dots/../x;p=1/%%2Fenc/%s" % (method.lower(), rid)  # no query
-        elif i % 13 == 6:
-            path = "/m/%s/%s?" % (method.lower(), rid)  # empty query
-        h = []
-        if i % 3 == 0:
-            h.append(("Host", host))
-        h.append(("X-Req-Id", rid))
-        if i % 2:
-            h.append(("User-Agent", "mirror-test/1.0 (+spoad)"))
-        if i % 3 == 1:
-            h.append(("host", host))  # not first, lowercase
-        if i % 3 != 0:
-            h.append(("Accept", "text/html, */*;q=0.1"))
-        h += [("X-Dup", "one"), ("X-Between", "x"), ("X-Dup", "two")]
-        if i % 2 == 0:
-            h.append(("x-dup", "three"))
-        h.append(("X-Empty", ""))
-        if i % 4 == 0:
-            h += [("Cookie", "a=1"), ("Cookie", "b=2; c=3")]
-        if i % 5 == 0:
-            h.append(("X-Secret", "s3cr3t"))
-        elif i % 5 == 1:
-            h.append(("x-SECRET", "other"))
-        h.append(("X-MiXeD-CaSe", "Value  With  Spaces, and, commas"))
-        if i % 7 == 2:
-            h.append(("X-Pad", "  padded\t"))
-        if i % 9 == 4:
-            h.append(("X-Latin", "caf\xe9 cr\xe8me"))
-        if i % 10 == 9:
-            h += [("X-Many-%02d" % k, "v" * k) for k in range(40)]
-        if i % 15 == 4:
-            h.append(("X-Long", "L" * 6000))
-        if size and i % 3 != 2:
-            h.append(("Content-Type", "application/octet-stream"))
-        if i % 4 == 1:
-            h += [("Connection", "keep-alive, X-Hop-A, x-hop-b"), ("X-Hop-A", "a"),
-                  ("X-Hop-B", "b"), ("Keep-Alive", "timeout=5, max=100")]
-        elif i % 4 == 2:
-            h += [("TE", "trailers"), ("Trailer", "X-Checksum"),
-                  ("Proxy-Authorization", "Basic dXNlcjpwYXNz"), ("Proxy-Connection", "keep-alive"),
-                  ("Upgrade", "example/1"), ("Proxy-Authenticate", "Basic")]
-        elif i % 4 == 3 and size:
-            h.append(("Expect", "100-continue"))
-        if i % 3 == 2 and not any(k.lower() == "host" for k, _ in h):
-            h.append(("Host", host))  # last
-        if chunked:
-            h.append(("Transfer-Encoding", "chunked"))
-        elif size or (method in ("POST", "PUT", "PATCH") and i % 2):
-            h.append(("Content-Length", str(size)))
-        h.append(("X-Last", "end"))
-        reqs.append(Req(rid, method, path, h, body, chunked))
-    return reqs
-
-
-# --------------------------------------------------------------------------------------------
-# The stack: spoad (mirror agent), HAProxy with the shipped files, the app, the targets.
-
-SPOAD_YAML = """cli:
-  socket: %(sock)s
-agents:
-  - name: mirror
-    type: mirror
-    listen: 127.0.0.1:%(agent)d
-    workers: %(workers)d
-    targets:
-%(targets)s
-%(extra)s"""
-
-APP_RETURN = """
-frontend app_server
-    bind 127.0.0.1:%(app)d
-    http-request return status 200 content-type text/plain string "mirrored\\n"
-"""
-
-# The agent's timeouts in the tests' configurations, unless a test sets them: guards only.
-GUARD_TIMEOUTS = [("connect-timeout:", "    connect-timeout: 30s\n"),
-                  ("replay-timeout:", "    replay-timeout: %ds\n" % harness.GUARD_S)]
-
-
-
-def haproxy_frame_size():
-    """tune.bufsize - 4 in config/haproxy-mirror.cfg (16384 - 4 without it): the largest frame
-    HAProxy sends (SPOE.txt, "max-frame-size")."""
-    with open(HAPROXY_FILE) as f:
-        m = re.search(r"(?m)^\s*tune\.bufsize\s+(\d+)", f.read())
-    return (int(m.group(1)) if m else 16384) - 4
-
-
-# The agent's max-frame-size. HAProxy 2.6 fragments a NOTIFY larger than the frame size both
-# sides agreed on: spoad's default (16380) stays, to exercise that. HAProxy 3.1 and later never
-# fragment: a message larger than the agreed frame size fails (SPOE status 259, not sent), so
-# there the agent takes HAProxy's own frame size, as README's mirror setup says.
-AGENT_FRAME_SIZE = ([("max-frame-size:", "    max-frame-size: %d\n" % haproxy_frame_size())]
-                    if harness.haproxy_at_least(3, 1) else [])
-
-PLAIN_FRONTEND = """
-frontend plain
-    bind 127.0.0.1:%(plain)d
-    default_backend app
-"""
-
-VARIANT_FRONTEND = """
-frontend %(name)s
-    bind 127.0.0.1:%(port)d
-    option http-buffer-request
-    filter spoe engine mirror config %(spoe)s
-    default_backend app
-"""
-
-
-class Stack:
-    """spoad + HAProxy (config/haproxy-mirror.cfg unchanged, plus an optional second file
-    with more frontends) + the app.
-
-    targets: list of (url, options dict) for the agent's `targets`
-    extra:   more agent keys (YAML, indented 4); connect-timeout and replay-timeout default to
-             guards (GUARD_TIMEOUTS) where a test does not set them: a replay's speed is not
-             the subject of a test
-    spoe:    a function changing the text of config/spoe-mirror.cfg (written to the test's
-             directory), or None for the shipped file
-    app:     "python" (an HttpTarget that records) or "haproxy" (http-request return)
-    variants: {name: a function like `spoe`}: one more frontend each, to the same agent and
-             app, whose port is self.variant_fe[name]
-    plain:   also a frontend without the filter, to the same app, on self.plain (the
-             baseline of the benchmark's latency figures, bench/run.py)
-    shipped_timeouts: the SPOE files' timeouts as shipped (for the benchmark), not raised to
-             guards (harness.spoe_dir)
-    """
-
-    def __init__(self, name, targets, extra="", spoe=None, app="python", variants=None,
-                 plain=False, workers=WORKERS, shipped_timeouts=False):
-        self.shipped_timeouts = shipped_timeouts
-        self.env = harness.Env(name)
-        self.workers = workers
-        self.fe, self.agent, self.app_port = (harness.free_port(), harness.free_port(),
-                                              harness.free_port())
-        self.variant_fe = {k: harness.free_port() for k in (variants or {})}
-        self.plain = harness.free_port() if plain else None
-        self.sock = self.env.path("master.sock")
-        self.app = None
-        try:
-            self._start(targets, extra, spoe, app, variants or {})
-        except BaseException:
-            self.stop()
-            raise
-
-    def _start(self, targets, extra, spoe, app, variants):
-        if app == "python":
-            self.app = http_target.HttpTarget(self.app_port).start()
-        lines = []
-        for url, opts in targets:
-            lines.append("      - url: %s" % url)
-            for k, v in opts.items():
-                lines.append("        %s: %s" % (k, v))
-        cfg = self.env.write("spoad.yaml", SPOAD_YAML % {
-            "sock": self.sock, "agent": self.agent, "workers": self.workers,
-            "targets": "\n".join(lines), "extra": extra + "".join(
-                line for key, line in GUARD_TIMEOUTS + AGENT_FRAME_SIZE if key not in extra)})
-        self.spoad = self.env.spoad(cfg)
-        if not harness.wait_for(lambda: not self.spoad.alive() or (
-                os.path.exists(self.sock) and harness.port_open(self.agent))) \
-                or not self.spoad.alive():
-            raise RuntimeError("spoad did not start:\n" + self.env.dump_logs())
-        env = {"HAPROXY_BIND": "127.0.0.1:%d" % self.fe,
-               "APP_ADDR": "127.0.0.1:%d" % self.app_port,
-               "SPOAD_MIRROR_ADDR": "127.0.0.1:%d" % self.agent,
-               "SPOE_DIR": (harness.CONFIG_DIR if self.shipped_timeouts
-                            else harness.spoe_dir(self.env)),
-               # meson test sets MALLOC_PERTURB_: glibc then fills every block HAProxy
-               # allocates or frees, and with haproxy-mirror.cfg's 1.1 MB tune.bufsize each
-               # request takes ~10 ms instead of ~0.4. spoad keeps it.
-               "MALLOC_PERTURB_": "0"}
-        if spoe is not None:
-            self.write_variant("spoe-mirror-variant.cfg", spoe)
-            env["SPOE_DIR"] = self.env.dir
-            env["SPOE_MIRROR"] = "spoe-mirror-variant.cfg"
-        args = []
-        more = ""
-        if app == "haproxy":
-            more += APP_RETURN % {"app": self.app_port}
-        for name, change in sorted(variants.items()):
-            more += VARIANT_FRONTEND % {
-                "name": name, "port": self.variant_fe[name],
-                "spoe": self.write_variant("spoe-mirror-%s.cfg" % name, change)}
-        if self.plain:
-            more += PLAIN_FRONTEND % {"plain": self.plain}
-        if more:
-            args = ["-f", self.env.write("haproxy-extra.cfg", more)]
-        self.haproxy = self.env.haproxy(HAPROXY_FILE, env=env, args=args)
-        ports = [self.fe] + list(self.variant_fe.values()) + \
-            ([self.plain] if self.plain else []) + ([self.app_port] if app == "haproxy" else [])
-        if not harness.wait_for(lambda: all(harness.port_open(p) for p in ports)):
-            raise RuntimeError("haproxy did not start:\n" + self.env.dump_logs())
-
-    def write_variant(self, name, change):
-        """Writes the text of config/spoe-mirror.cfg changed by `change` (and by
-        harness.relaxed_spoe) to the test's directory; returns its path."""
-        with open(SPOE_FILE) as f:
-            text = f.read()
-        if not self.shipped_timeouts:
-            text = harness.relaxed_spoe(text)
-        changed = change(text)
-        assert changed != text, "the SPOE variant changes nothing"
-        return self.env.write(name, changed)
-
-    def stop(self):
-        self.env.stop()
-        if self.app:
-            self.app.stop()
-
-    def worker_stats(self, rel):
-        out = sv.cli(self.sock, "@%d show stat json" % rel)
-        j = sv.load_json(out)
-        self.last_json = j
-        return j["mirror"]["agent_stats"]
-
-    def stats(self):
-        total = collections.Counter()
-        for n in range(1, self.workers + 1):
-            for k, v in self.worker_stats(n).items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    total[k] += v
-        return total
-
-    def worker_pids(self):
-        return {r.rel: r.pid for r in sv.show_proc(self.sock).workers}
-
-    def logs(self, chars=3000):
-        return sv.tail_logs(self.env, chars)
-
-    def warm_up(self, targets=(), body=64 * 1024, connections=4, rounds=15, check=True):
-        """Makes sure that every HAProxy thread has a connection to the agent, then waits for
-        the replays to finish and clears the targets.
-
-        HAProxy 2.6 encodes a message for the frame size of the thread's agent connections, or
-        for its own max-frame-size (tune.bufsize - 4) when the thread has none yet; the
-        connection it then opens negotiates spoad's 16380 bytes and cannot send it (SPOE status
-        259, "frame is too big"): the first message above 16 KB on each thread is never sent
-        (again each time a thread's agent connections have all closed, e.g. after the SPOE
-        `timeout idle`). An agent `max-frame-size` of tune.bufsize - 4 avoids it, but then
-        HAProxy never fragments; these tests keep spoad's default (16380) to exercise 2.6's
-        fragmented NOTIFYs (on 3.1 and later, which never fragment, the agent has
-        AGENT_FRAME_SIZE and the first round is enough). So: rounds of `connections`
-        simultaneous connections, each sending one request with a `body`-byte body, until a
-        round has all its messages counted by the agent (with check=False, one round,
-        unchecked: for HAProxy-side sampling). HAProxy answers a
-        request only once its SPOE message is ACKed or has failed, and the agent counts a
-        message before it ACKs it: once the answers are in, the count is final."""
-        payload = b"w" * body
-        for n in range(rounds):
-            before = self.stats()["messages"]
-            conns = [RawClient(self.fe) for _ in range(connections)]
-            for c in conns:
-                c.connect()  # all open at once: HAProxy spreads them over its threads
-            for i, c in enumerate(conns):
-                rid = "warmup-%d-%d" % (n, i)
-                r = c.request(build_request("POST", "/warmup/" + rid, [
-                    ("Host", "warmup"), ("X-Req-Id", rid),
-                    ("Content-Length", str(len(payload)))], payload), "POST")
-                if r.status != 200:
-                    raise AssertionError("warm-up request: %r\n%s" % (r, self.logs()))
-            for c in conns:
-                c.close()
-            if not check:
-                break
-            if self.stats()["messages"] - before >= connections:
-                break
-        else:
-            raise AssertionError("warm-up: the agent never got all the messages of a round:\n"
-                                 + self.logs())
-        self.wait_idle()
-        for t in targets:
-            t.clear()
-
-    def wait_idle(self):
-        st = harness.wait_for(lambda: (lambda s: s if s["in_flight"] == 0 else None)(self.stats()),
-                              interval=0.1)
-        if not st:
-            raise AssertionError("replays still in flight after %ds: %s" % (harness.GUARD_S,
-                                                                           self.stats()))
-        return st
-
-
-def delta(after, before):
-    return {k: after[k] - before.get(k, 0) for k in after}
-
-
-def send_all(port, reqs, clients=6, fresh_every=0, answered_at=None):
-    """Sends `reqs` over `clients` keep-alive connections (a new connection every
-    `fresh_every` requests if > 0). Returns {rid: Response or exception text}; if
-    `answered_at` is a dict, also fills it with {rid: time.monotonic() of the answer}."""
-    results = {}
-    lock = threading.Lock()
-    queue = list(reqs)
-
-    def worker():
-        c = RawClient(port)
-        n = 0
-        while True:
-            with lock:
-                if not queue:
-                    break
-                r = queue.pop(0)
-            n += 1
-            if fresh_every and n % fresh_every == 0:
-                c.close()
-            try:
-                out = c.request(r.raw(), r.method)
-            except Exception as e:  # noqa: BLE001 - every failure is reported
-                out = "%s: %s" % (type(e).__name__, e)
-                c.close()
-            at = time.monotonic()
-            with lock:
-                results[r.rid] = out
-                if answered_at is not None:
-                    answered_at[r.rid] = at
-        c.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
-def small_get(rid, path=None):
-    return Req(rid, "GET", path or "/s/%s?x=1" % rid, [("Host", "app.example"), ("X-Req-Id", rid)],
-               b"", False)
-
+from mirror_support import (ADD_HEADERS, SPOE_ARGS, SPOE_EVENT, WORKERS, Client,  # noqa: E402
+                            MirrorStack, Req, Response, delta, expected_headers,
+                            make_requests, mirror_yaml, received_headers, send_all,
+                            small_get)
 
 # --------------------------------------------------------------------------------------------
 
@@ -582,7 +61,7 @@ class Replay(unittest.TestCase):
         cls.t1 = http_target.HttpTarget(harness.free_port()).start()
         cls.t2 = http_target.HttpTarget(harness.free_port()).start()
         try:
-            cls.s = Stack("mirror", [("http://127.0.0.1:%d" % cls.t1.port, {}),
+            cls.s = MirrorStack("mirror", [("http://127.0.0.1:%d" % cls.t1.port, {}),
                                      ("http://127.0.0.1:%d/shadow/" % cls.t2.port, {})],
                           extra="""    host: keep
     add-headers: ["X-Mirrored-By: spoad"]
@@ -699,8 +178,8 @@ class Replay(unittest.TestCase):
         for i, (target, host, _) in enumerate(cases):
             h = [("Host", host)] if host else []
             h.append(("X-Req-Id", "abs-%d" % i))
-            c = RawClient(self.s.fe)
-            r = c.request(build_request("GET", target, h), "GET")
+            c = Client(self.s.fe)
+            r = c.request(Req("abs-%d" % i, "GET", target, h))
             c.close()
             self.assertEqual(r.status, 200, (target, r))
         self.wait_records(len(cases), base)
@@ -726,7 +205,7 @@ class Replay(unittest.TestCase):
         body = os.urandom(1500000)
         req = Req("incomplete-1", "POST", "/incomplete", [
             ("Host", "app.example"), ("X-Req-Id", "incomplete-1"),
-            ("Content-Length", str(len(body)))], body, False)
+            ("Content-Length", str(len(body)))], body)
         ok = small_get("after-incomplete")
         results = send_all(self.s.fe, [req], clients=1)
         results.update(send_all(self.s.fe, [ok], clients=1))
@@ -751,7 +230,7 @@ class HostTarget(unittest.TestCase):
         t = http_target.HttpTarget(harness.free_port()).start()
         self.addCleanup(t.stop)
         # Also a message name of our own (`message`), in a variant of spoe-mirror.cfg.
-        s = Stack("mirror-host", [("http://127.0.0.1:%d/shadow" % t.port, {"sampling": 100})],
+        s = MirrorStack("mirror-host", [("http://127.0.0.1:%d/shadow" % t.port, {"sampling": 100})],
                   extra="""    message: shadow-request
     host: target
     max-body: 64k
@@ -765,13 +244,13 @@ class HostTarget(unittest.TestCase):
         big = os.urandom(100000)
         reqs = [
             Req("h-abs", "GET", "http://example.com/abs/path?q=1",
-                [("Host", "example.com"), ("X-Req-Id", "h-abs")], b"", False),
+                [("Host", "example.com"), ("X-Req-Id", "h-abs")]),
             Req("h-origin", "GET", "/origin/x?y=2", [("Host", "client.example"),
-                                                     ("X-Req-Id", "h-origin")], b"", False),
+                                                     ("X-Req-Id", "h-origin")]),
             Req("h-small", "POST", "/small", [("Host", "client.example"), ("X-Req-Id", "h-small"),
-                                              ("Content-Length", str(len(small)))], small, False),
+                                              ("Content-Length", str(len(small)))], small),
             Req("h-big", "POST", "/big", [("Host", "client.example"), ("X-Req-Id", "h-big"),
-                                          ("Content-Length", str(len(big)))], big, False),
+                                          ("Content-Length", str(len(big)))], big),
         ]
         results = send_all(s.fe, reqs, clients=1)
         self.assertEqual({k: v.status for k, v in results.items()},
@@ -801,7 +280,7 @@ class TargetDown(unittest.TestCase):
 
     def test_requests_unaffected(self):
         dead = harness.free_port()
-        s = Stack("mirror-down", [("http://127.0.0.1:%d" % dead, {})], app="haproxy")
+        s = MirrorStack("mirror-down", [("http://127.0.0.1:%d" % dead, {})], app="haproxy")
         self.addCleanup(s.stop)
         s.warm_up()
         before = s.stats()
@@ -830,7 +309,7 @@ class SlowTarget(unittest.TestCase):
     def test_max_replays_bounds_in_flight_and_memory(self):
         t = http_target.HttpTarget(harness.free_port(), delay=5.0).start()
         self.addCleanup(t.stop)
-        s = Stack("mirror-slow", [("http://127.0.0.1:%d" % t.port, {})], app="haproxy",
+        s = MirrorStack("mirror-slow", [("http://127.0.0.1:%d" % t.port, {})], app="haproxy",
                   extra="    max-replays: 20\n    replay-timeout: 60s\n    max-body: 1m\n")
         self.addCleanup(s.stop)
         s.warm_up([t])
@@ -841,7 +320,7 @@ class SlowTarget(unittest.TestCase):
         body = os.urandom(100 * 1024)
         reqs = [Req("slow-%d" % i, "POST", "/slow/%d" % i,
                     [("Host", "app.example"), ("X-Req-Id", "slow-%d" % i),
-                     ("Content-Length", str(len(body)))], body, False) for i in range(n)]
+                     ("Content-Length", str(len(body)))], body) for i in range(n)]
         rss_max = {rel: 0 for rel in pids}
         stop = threading.Event()
 
@@ -856,7 +335,7 @@ class SlowTarget(unittest.TestCase):
         try:
             answered_at = {}
             results = send_all(s.fe, reqs, clients=8, answered_at=answered_at)
-            per_worker = {rel: s.worker_stats(rel) for rel in pids}
+            per_worker = {rel: s.mirror_stats(rel) for rel in pids}
             # The replays in flight complete once the target answers (the sampler runs until
             # then: the memory they hold is measured).
             s.wait_idle()
@@ -896,7 +375,7 @@ class Sampling(unittest.TestCase):
     def run_case(self, name, targets, spoe=None):
         t = http_target.HttpTarget(harness.free_port()).start()
         self.addCleanup(t.stop)
-        s = Stack(name, [("http://127.0.0.1:%d" % t.port, targets)], app="haproxy", spoe=spoe)
+        s = MirrorStack(name, [("http://127.0.0.1:%d" % t.port, targets)], app="haproxy", spoe=spoe)
         self.addCleanup(s.stop)
         s.warm_up([t], check=spoe is None)  # HAProxy-side sampling: not every round counts
         before = s.stats()
@@ -929,19 +408,8 @@ class Sampling(unittest.TestCase):
         self.assertEqual(st["dropped_sampling"], 0, st)
 
 
-FULL_CONFIG = """cli:
-  socket: %(sock)s
-agents:
-  - name: mirror
-    type: mirror
-    listen: 127.0.0.1:%(port)d
-    workers: 2
-    message: mirror
-    targets:
-      - url: http://127.0.0.1:%(t1)d
-        sampling: 100
-      - url: https://127.0.0.1:%(t2)d/prefix
-        sampling: 12.5
+# Every key but listen, workers and targets (mirror_yaml writes those).
+FULL_KEYS = """    message: mirror
     host: keep
     add-headers: ["X-Mirrored-By: spoad"]
     remove-headers: ["X-Secret"]
@@ -960,9 +428,11 @@ class ConfigKeys(unittest.TestCase):
         env = harness.Env("mirror-config")
         self.addCleanup(env.stop)
         for ver in ("1.0", "1.1", "2", "2-prior-knowledge"):
-            path = env.write("spoad-%s.yaml" % ver, FULL_CONFIG % {
-                "sock": env.path("m.sock"), "port": harness.free_port(), "t1": 8081, "t2": 8443,
-                "ver": ver})
+            path = env.write("spoad-%s.yaml" % ver, mirror_yaml(
+                env.path("m.sock"), harness.free_port(), 2,
+                [("http://127.0.0.1:8081", {"sampling": 100}),
+                 ("https://127.0.0.1:8443/prefix", {"sampling": 12.5})],
+                FULL_KEYS % {"ver": ver}))
             r = subprocess.run([harness.SPOAD, "-c", "-f", path], capture_output=True, text=True,
                                timeout=harness.GUARD_S)
             self.assertEqual(r.returncode, 0, "http-version %s: %s%s" % (ver, r.stdout, r.stderr))
@@ -990,7 +460,7 @@ class Failures(unittest.TestCase):
         self.addCleanup(tls.stop)
         bad = http_target.HttpTarget(harness.free_port(), status=503).start()
         self.addCleanup(bad.stop)
-        s = Stack("mirror-fail", [("https://127.0.0.1:%d" % tls.port, {}),
+        s = MirrorStack("mirror-fail", [("https://127.0.0.1:%d" % tls.port, {}),
                                   ("http://127.0.0.1:%d" % bad.port, {})], app="haproxy")
         self.addCleanup(s.stop)
         s.warm_up([tls, bad])
@@ -1020,7 +490,7 @@ class ReplayTimeout(unittest.TestCase):
     def test_timeout(self):
         t = http_target.HttpTarget(harness.free_port(), delay=3.0).start()
         self.addCleanup(t.stop)
-        s = Stack("mirror-timeout", [("http://127.0.0.1:%d" % t.port, {})], app="haproxy",
+        s = MirrorStack("mirror-timeout", [("http://127.0.0.1:%d" % t.port, {})], app="haproxy",
                   extra="    replay-timeout: 500ms\n")
         self.addCleanup(s.stop)
         s.warm_up([t])
@@ -1053,7 +523,7 @@ class BadMessages(unittest.TestCase):
     def setUpClass(cls):
         cls.t = http_target.HttpTarget(harness.free_port()).start()
         try:
-            cls.s = Stack("mirror-bad", [("http://127.0.0.1:%d" % cls.t.port, {})], app="haproxy",
+            cls.s = MirrorStack("mirror-bad", [("http://127.0.0.1:%d" % cls.t.port, {})], app="haproxy",
                           variants=cls.VARIANTS, workers=1)
             cls.s.warm_up([cls.t])  # through the shipped frontend: messages that replay
         except BaseException:
@@ -1074,7 +544,7 @@ class BadMessages(unittest.TestCase):
         reqs = [small_get("bad-%s-%d" % (variant, i)) for i in range(20)]
         results = send_all(s.variant_fe[variant], reqs, clients=2)
         self.assertEqual([v.status for v in results.values()], [200] * 20, results)
-        # Final once the answers are in (see Stack.warm_up); and nothing in flight.
+        # Final once the answers are in (see MirrorStack.warm_up); and nothing in flight.
         s.wait_idle()
         st = delta(s.stats(), before)
         self.assertEqual(st["messages"], 20, st)

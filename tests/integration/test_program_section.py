@@ -14,7 +14,6 @@ Nothing here measures speed: each step waits for its event, with harness.GUARD_S
 against a hang.
 """
 import os
-import re
 import sys
 import time
 import unittest
@@ -73,35 +72,8 @@ backend spoe-ip-checker
     server spoad 127.0.0.1:%(agent)d check inter 1s
 """
 
-_HAP_ROW = re.compile(r"^(\d+)\s+(\S+)\s+(\d+)(?: \[failed: \d+\])?\s+\S+\s+\S+\s*$")
-
-
-def haproxy_show_proc(master_sock):
-    """{section: [(pid, type)]} from HAProxy's master CLI `show proc`, or None.
-
-    The master CLI keeps a connection open until the client closes: send EOF (sv.cli)."""
-    # None while HAProxy re-executes (a connection then waits unanswered: give up soon, the
-    # caller polls again).
-    out = sv.try_cli(master_sock, "show proc", timeout=2.0)
-    if out is None or not out.startswith("#<PID>"):
-        return None
-    sections = {"master": []}
-    cur = "master"
-    for line in out.split("\n")[1:]:
-        if not line:
-            continue
-        if line.startswith("# "):
-            cur = line[2:]
-            sections[cur] = []
-            continue
-        m = _HAP_ROW.match(line)
-        if m:
-            sections[cur].append((int(m.group(1)), m.group(2)))
-    return sections
-
-
 def spoad_programs(sections, section="programs"):
-    return [pid for pid, name in sections.get(section, []) if name == "spoad"]
+    return harness.haproxy_pids(sections, section, "spoad")
 
 
 @unittest.skipIf(harness.haproxy_at_least(3, 3),
@@ -120,7 +92,7 @@ class ProgramSection(unittest.TestCase):
     def current_spoad(self, exclude=()):
         """(HAProxy's current spoad program pid, spoad's ShowProc) once the new program is up,
         its control socket answers from it and its 2 workers are ready; or None."""
-        sec = haproxy_show_proc(self.hsock)
+        sec = harness.haproxy_show_proc(self.hsock)
         if sec is None:
             return None
         progs = spoad_programs(sec)
@@ -181,7 +153,7 @@ class ProgramSection(unittest.TestCase):
                 # HAProxy lists the previous spoad as an old program until it exits.
                 old_prog = olds[-1][0]
                 if harness.pid_alive(old_prog):
-                    sec = haproxy_show_proc(self.hsock) or {}
+                    sec = harness.haproxy_show_proc(self.hsock) or {}
                     self.assertTrue(old_prog in spoad_programs(sec, "old programs")
                                     or not harness.pid_alive(old_prog), (i, sec))
                 n = load.ok
@@ -198,7 +170,7 @@ class ProgramSection(unittest.TestCase):
             left = [p for p in {old_prog} | old_workers if harness.pid_alive(p)]
             self.assertEqual(left, [], ("old spoad still alive %.1f s after its reload"
                                         % (time.time() - t_reload), self.logs()))
-        sec = haproxy_show_proc(self.hsock)
+        sec = harness.haproxy_show_proc(self.hsock)
         self.assertIsNotNone(sec, self.logs())
         self.assertEqual(spoad_programs(sec, "old programs"), [], sec)
         self.assertEqual(spoad_programs(sec), [prog], sec)

@@ -74,36 +74,12 @@ SPOE_LINE = re.compile(r"SPOE: \[([^\]]+)\] <(EVENT|GROUP):([^>]+)> sid=(\d+) st
 # The http log line of a request to the frontend `www` (option httplog).
 WWW_LINE = re.compile(r"\] www ")
 DISCONNECT_LINE = re.compile(r"sending AGENT-DISCONNECT status (\d+)")
-HANDOVER_CLOSE_LINE = "closing it with a DISCONNECT"
+# A connection a worker could not hand off (connection.cpp), closed with a DISCONNECT instead.
+HANDOFF_FAILED_LINE = "closing it with a DISCONNECT"
 
 
 # --------------------------------------------------------------------------------------------
 # HAProxy's master CLI
-
-
-def hap_show_proc(master_sock):
-    """{section: [(pid, type)]} from HAProxy's master CLI `show proc` (2.6 and 3.x layouts: the
-    pid and the type are the first two columns), or None while it does not answer."""
-    out = sv.try_cli(master_sock, "show proc", timeout=2.0)
-    if out is None or not out.startswith("#<PID>"):
-        return None
-    sections = {"master": []}
-    cur = "master"
-    for line in out.split("\n")[1:]:
-        if not line.strip():
-            continue
-        if line.startswith("# "):
-            cur = line[2:].strip()
-            sections[cur] = []
-            continue
-        f = line.split()
-        if len(f) >= 2 and f[0].isdigit():
-            sections[cur].append((int(f[0]), f[1]))
-    return sections
-
-
-def pids_of(sections, section, typ):
-    return [pid for pid, t in sections.get(section, []) if t == typ]
 
 
 def hap_reload(master_sock):
@@ -390,20 +366,9 @@ class ReloadHaproxy(unittest.TestCase):
         return state
 
     def agents_up(self):
-        try:
-            out = harness.haproxy_stats_cmd(self.vars["HAPROXY_STATS_SOCKET"], "show stat",
-                                            timeout=5)
-        except OSError:
-            return False
-        lines = out.splitlines()
-        if not lines:
-            return False
-        header = lines[0].lstrip("# ").split(",")
-        up = set()
-        for line in lines[1:]:
-            row = dict(zip(header, line.split(",")))
-            if row.get("svname") == "spoad" and row.get("status") == "UP":
-                up.add(row.get("pxname"))
+        rows = harness.haproxy_stat_rows(self.vars["HAPROXY_STATS_SOCKET"], timeout=5) or []
+        up = {row.get("pxname") for row in rows
+              if row.get("svname") == "spoad" and row.get("status") == "UP"}
         return up >= {"spoe-ip-checker", "spoe-tracing", "spoe-mirror"}
 
     def current(self, exclude_hap=(), exclude_spoad=()):
@@ -411,14 +376,14 @@ class ReloadHaproxy(unittest.TestCase):
         a current worker not in `exclude_hap` and, in the program layout, one spoad program
         not in `exclude_spoad`; spoad's CLI answers from that master, with all its workers
         alive and answering `show info`. None otherwise."""
-        sec = hap_show_proc(self.hsock)
+        sec = harness.haproxy_show_proc(self.hsock)
         if sec is None:
             return None
-        workers = pids_of(sec, "workers", "worker")
+        workers = harness.haproxy_pids(sec, "workers", "worker")
         if not workers or set(workers) & set(exclude_hap):
             return None
         if self.program:
-            progs = pids_of(sec, "programs", "spoad")
+            progs = harness.haproxy_pids(sec, "programs", "spoad")
             if len(progs) != 1 or progs[0] in exclude_spoad:
                 return None
             master = progs[0]
@@ -529,10 +494,10 @@ class ReloadHaproxy(unittest.TestCase):
         """Non-zero AGENT-DISCONNECTs: lines of spoad's log (each such frame is logged, rate
         limited) and the current workers' counters."""
         self.disconnect_lines = [ln for ln in spoad_log.splitlines()
-                                 if HANDOVER_CLOSE_LINE in ln or any(
+                                 if HANDOFF_FAILED_LINE in ln or any(
                                      int(m.group(1)) != 0 for m in DISCONNECT_LINE.finditer(ln))]
         lines = [s for s in (int(m.group(1)) for m in DISCONNECT_LINE.finditer(spoad_log)) if s]
-        handover = spoad_log.count(HANDOVER_CLOSE_LINE)
+        handoff_failed = spoad_log.count(HANDOFF_FAILED_LINE)
         counters = 0
         sp = sv.try_show_proc(self.sock)
         for r in (sp.workers if sp else []):
@@ -542,7 +507,7 @@ class ReloadHaproxy(unittest.TestCase):
             except ValueError:
                 continue
             counters += _nonzero_disconnects(j)
-        return len(lines), handover, counters
+        return len(lines), handoff_failed, counters
 
     def test_reloads_lose_nothing(self):
         ver = ".".join(str(x) for x in self.version)
@@ -611,9 +576,9 @@ class ReloadHaproxy(unittest.TestCase):
                 ph["old_instances_unsettled"] = len(unsettled)
                 ph["late_detail"] = ["#%d %.1fs" % (e["i"], e["t_gone"] - e["t_ref"]) for e in late]
             report["phases"][name] = ph
-        dl, handover_close, dc = self.disconnect_counts(spoad_log)
+        dl, handoff_failed, dc = self.disconnect_counts(spoad_log)
         report["agent_disconnect_nonzero_logged"] = dl
-        report["handover_closed_with_disconnect_logged"] = handover_close
+        report["handoff_closed_with_disconnect_logged"] = handoff_failed
         report["agent_disconnect_nonzero_current_workers"] = dc
         # The SPOE error counters the lines carry, since the load started, over those seen
         # before (startup): an error whose own line HAProxy dropped still shows here. Not from
@@ -651,7 +616,7 @@ class ReloadHaproxy(unittest.TestCase):
                            % (name, ph["deny_403"], ph["deny_requests"]))
             if ph["deny_requests"] == 0:
                 bad.append("%s: no request from the deny-listed client" % name)
-        for k in ("agent_disconnect_nonzero_logged", "handover_closed_with_disconnect_logged",
+        for k in ("agent_disconnect_nonzero_logged", "handoff_closed_with_disconnect_logged",
                   "agent_disconnect_nonzero_current_workers"):
             if report[k]:
                 bad.append("%s=%d" % (k, report[k]))
@@ -699,10 +664,10 @@ def _summary(r):
         if ph["spoe_errors_by_kind"]:
             out.append("  %-16s SPOE errors: %s" % ("", ph["spoe_errors_by_kind"]))
     out.append("  AGENT-DISCONNECT non-zero: logged %d, in current workers' counters %d; "
-               "hand-overs closed with a DISCONNECT: %d" % (
+               "hand-offs closed with a DISCONNECT: %d" % (
                    r["agent_disconnect_nonzero_logged"],
                    r["agent_disconnect_nonzero_current_workers"],
-                   r["handover_closed_with_disconnect_logged"]))
+                   r["handoff_closed_with_disconnect_logged"]))
     rise = r["spoe_error_counters_rise"]
     out.append("  SPOE error counters in the log since the load started: %s; HAProxy log lines "
                "dropped: about %d of %d" % ("n/a (not an error count from 3.3 on)" if rise is None

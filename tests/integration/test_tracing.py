@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 import otlp  # noqa: E402
 import spop  # noqa: E402
+import stack  # noqa: E402
 import supervisor as sv  # noqa: E402
 
 TREE = {  # span -> (parent, follows from)
@@ -72,41 +73,40 @@ frontend www-lax
 """
 
 
-class Stack:
+class Stack(stack.Stack):
     """HAProxy + spoad + receiver + backend, with config/haproxy-tracing.cfg unchanged (plus,
     with lax=True on HAProxy 3.2 and later, LAX_FRONTEND on self.lax_fe in a second file)."""
 
     def __init__(self, name, sampling="1.0", max_queue=8192, lax=False):
-        self.env = harness.Env(name)
+        super().__init__(name)
         self.fe, self.agent = harness.free_port(), harness.free_port()
         self.otlp_port, self.app_port = harness.free_port(), harness.free_port()
-        self.sock = self.env.path("master.sock")
         self.receiver = otlp.OtlpReceiver(self.otlp_port).start()
         self.backend = otlp.Backend(self.app_port).start()
-        cfg = self.env.write("spoad.yaml", SPOAD % {
-            "sock": self.sock, "agent": self.agent, "sampling": sampling,
-            "otlp": self.otlp_port, "max_queue": max_queue})
-        self.spoad = self.env.spoad(cfg)
-        if not harness.wait_for(lambda: os.path.exists(self.sock)
-                                and harness.port_open(self.agent), timeout=20):
-            raise RuntimeError(self.env.dump_logs())
+        try:
+            self._start(sampling, max_queue, lax)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, sampling, max_queue, lax):
+        sock = self.env.path("master.sock")
+        self.start_spoad(SPOAD % {
+            "sock": sock, "agent": self.agent, "sampling": sampling,
+            "otlp": self.otlp_port, "max_queue": max_queue}, sock=sock, ports=[self.agent])
         env = {"HAPROXY_BIND": "127.0.0.1:%d" % self.fe, "SPOE_DIR": harness.CONFIG_DIR,
                "APP_ADDR": "127.0.0.1:%d" % self.app_port,
                "SPOAD_TRACING_ADDR": "127.0.0.1:%d" % self.agent}
-        args, self.lax_fe = [], None
+        extra, self.lax_fe = None, None
         if lax and harness.haproxy_at_least(3, 2):
             self.lax_fe = harness.free_port()
-            args = ["-f", self.env.write("haproxy-lax.cfg", LAX_FRONTEND % {
-                "port": self.lax_fe,
-                "spoe": os.path.join(harness.CONFIG_DIR, "spoe-tracing.cfg")})]
-        self.haproxy = self.env.haproxy(os.path.join(harness.CONFIG_DIR, "haproxy-tracing.cfg"),
-                                        env=env, args=args)
-        if not harness.wait_for(lambda: all(harness.port_open(p) for p in (self.fe, self.lax_fe)
-                                            if p)):
-            raise RuntimeError(self.env.dump_logs())
+            extra = LAX_FRONTEND % {"port": self.lax_fe,
+                                    "spoe": stack.shipped("spoe-tracing.cfg")}
+        self.start_haproxy(stack.shipped("haproxy-tracing.cfg"), env=env, extra=extra,
+                           ports=[p for p in (self.fe, self.lax_fe) if p])
 
     def stop(self):
-        self.env.stop()
+        super().stop()
         self.receiver.stop()
         self.backend.stop()
 
@@ -120,12 +120,7 @@ class Stack:
         return r.status
 
     def stats(self):
-        total = collections.Counter()
-        for n in (1, 2, 3, 4):
-            j = json.loads(sv.cli(self.sock, "@%d show stat json" % n))
-            for k, v in j["tracing"]["agent_stats"].items():
-                total[k] += v
-        return total
+        return self.total_stats((1, 2, 3, 4), "tracing", "agent_stats")
 
     def traces(self):
         by_trace = collections.defaultdict(list)
