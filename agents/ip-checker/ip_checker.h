@@ -79,8 +79,9 @@ class IpCheckerAgent : public agent::Agent {
   // Starts the file watchers (when `watch` is on, there is a loop and a list has a file), the
   // runtime entries' timers and the store (when configured).
   void start() override;
-  // Closes the watchers and timers, stops the store and waits for a running reload; then
-  // calls `done`.
+  // Closes the watchers and timers and waits for a running reload; then calls `done`. The
+  // store stays connected (detached from the loop's liveness) until the agent is destroyed,
+  // so that a draining worker still applies the pool's and other instances' changes.
   void stop(std::function<void()> done) override;
   // Re-reads every list file, on the thread pool (synchronously without a loop).
   void reload() override;
@@ -144,6 +145,10 @@ class IpCheckerAgent : public agent::Agent {
     bool any_event = false;          // a list file is a symlink: every event may change it
   };
 
+  // List files (ip_checker_lists.cpp).
+  void load_lists();     // the constructor's load, synchronous; throws as the constructor
+  void detach_reload();  // the destructor: a running reload job forgets the agent
+  void list_stats(nlohmann::json& out) const;
   static void load(Job& job);  // runs on the thread pool (or inline)
   static void on_work(uv_work_t* req);
   static void on_work_done(uv_work_t* req, int status);
@@ -257,7 +262,6 @@ class IpCheckerAgent : public agent::Agent {
 
   // The shared store (when `store.url` is set and there is a loop).
   std::unique_ptr<Store> store_;
-  bool store_stopped_ = true;
   HandleBox* store_tick_ = nullptr;          // copies the store's counters to metrics, 1 s
   metrics::Gauge store_connected_;           // spoad_ip_checker_store_connected
   metrics::Gauge store_disconnected_since_;  // ..._store_disconnected_since_seconds

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "util/escape.h"
+#include "util/text.h"
 
 namespace spoad::agents::ip_checker {
 
@@ -25,14 +26,6 @@ std::string shown(const std::string& path) {
   return util::printable(path, kShownPath);
 }
 
-std::string_view trim(std::string_view s) {
-  constexpr std::string_view kSpace = " \t\r\v\f";
-  const size_t b = s.find_first_not_of(kSpace);
-  if (b == std::string_view::npos) return {};
-  const size_t e = s.find_last_not_of(kSpace);
-  return s.substr(b, e - b + 1);
-}
-
 // One line of a list file (without its '\n').
 bool parse_line(std::string_view line, size_t lineno, const std::string& source, ParsedList* out,
                 std::string* err) {
@@ -44,7 +37,7 @@ bool parse_line(std::string_view line, size_t lineno, const std::string& source,
   if (lineno == 1 && line.starts_with("\xEF\xBB\xBF")) line.remove_prefix(3);
   const size_t comment = line.find_first_of("#;");
   if (comment != std::string_view::npos) line = line.substr(0, comment);
-  line = trim(line);
+  line = util::trim(line, util::kWhitespace);  // `line` holds no '\n'
   if (line.empty()) return true;
   const char* why = "";
   if (add_entry(line, out, &why)) return true;

@@ -9,28 +9,12 @@
 #include <string>
 
 #include "agents/ip-checker/lists.h"
+#include "agents/ip-checker/test_support.h"
 
 namespace spoad::agents::ip_checker {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    const char* t = std::getenv("TMPDIR");
-    std::string tmpl = std::string(t && *t ? t : "/tmp") + "/ipc-lists-XXXXXX";
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string write(const std::string& name, const std::string& content) const {
-    const std::string p = path_ + "/" + name;
-    std::ofstream(p, std::ios::binary) << content;
-    return p;
-  }
-
- private:
-  std::string path_;
-};
+using test::TempDir;
 
 std::vector<std::string> dump(const ParsedList& l) {
   std::vector<std::string> out;

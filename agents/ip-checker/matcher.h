@@ -93,7 +93,6 @@ class Matcher {
 
   // The name of list `i` of build()'s input ("" if out of range).
   const std::string& list_name(int32_t i) const;
-  size_t list_count() const { return names_.size(); }
 
   // Sizes, for stats and the benchmark.
   size_t ranges_v4() const { return v4_.starts.size(); }

@@ -10,22 +10,13 @@
 #include <string>
 #include <vector>
 
+#include "agents/ip-checker/test_support.h"
+
 namespace spoad::agents::ip_checker {
 namespace {
 
-Prefix pfx(const std::string& s) {
-  Prefix p;
-  bool masked = false;
-  const char* why = "";
-  EXPECT_TRUE(parse_prefix(s, &p, &masked, &why)) << s << ": " << why;
-  return p;
-}
-
-Address addr(const std::string& s) {
-  Address a;
-  EXPECT_TRUE(parse_address(s, &a)) << s;
-  return a;
-}
+using test::A;
+using test::P;
 
 // allow: office (0); deny: drop (1, score 100), watch (2, score 30).
 std::vector<ListInfo> kLists() {
@@ -36,7 +27,7 @@ Change add(const std::string& list, const std::string& prefix, bool allow, uint8
            int64_t expires_s = 0, const std::string& comment = "") {
   Change c;
   c.kind = Change::Kind::kAdd;
-  c.entry = {list, pfx(prefix), allow, score, expires_s, comment};
+  c.entry = {list, P(prefix), allow, score, expires_s, comment};
   return c;
 }
 
@@ -44,7 +35,7 @@ Change del(const std::string& list, const std::string& prefix) {
   Change c;
   c.kind = Change::Kind::kDel;
   c.entry.list = list;
-  c.entry.prefix = pfx(prefix);
+  c.entry.prefix = P(prefix);
   return c;
 }
 
@@ -64,7 +55,7 @@ TEST(RuntimeEntries, AddReplaceDeleteClear) {
   ASSERT_EQ(r.size(), 1u);  // the same key: host bits cleared, replaced
   EXPECT_EQ(r.entries(1)[0].score, 80);
   EXPECT_EQ(r.entries(1)[0].comment, "again");
-  EXPECT_EQ(r.entries(1)[0].prefix, pfx("203.0.113.0/24"));
+  EXPECT_EQ(r.entries(1)[0].prefix, P("203.0.113.0/24"));
   EXPECT_EQ(r.apply(add("drop", "2001:db8::/32", false, 100), 1000), S::kApplied);
   EXPECT_EQ(r.apply(add("office", "192.0.2.1", true, 0), 1000), S::kApplied);
   EXPECT_EQ(r.size(), 3u);
@@ -188,13 +179,13 @@ TEST(RuntimeEntries, DecidingEntry) {
   r.apply(add("drop", "::ffff:10.1.2.3/128", false, 100), 1000);  // = 10.1.2.3/32
   r.apply(add("office", "::/0", true, 0), 1000);
   r.apply(add("office", "10.0.0.0/8", true, 0), 1000);
-  EXPECT_EQ(to_string(r.deciding_entry(1, addr("10.1.2.3"))->prefix), "::ffff:10.1.2.3/128");
-  EXPECT_EQ(to_string(r.deciding_entry(1, addr("10.1.2.4"))->prefix), "10.1.2.0/24");
-  EXPECT_EQ(to_string(r.deciding_entry(1, addr("10.1.3.4"))->prefix), "10.0.0.0/8");  // 100 > 60
-  EXPECT_FALSE(r.deciding_entry(1, addr("11.0.0.1")));
-  EXPECT_EQ(to_string(r.deciding_entry(0, addr("10.1.2.3"))->prefix), "10.0.0.0/8");
-  EXPECT_EQ(to_string(r.deciding_entry(0, addr("11.0.0.1"))->prefix), "::/0");
-  EXPECT_EQ(to_string(r.deciding_entry(0, addr("2001:db8::1"))->prefix), "::/0");
+  EXPECT_EQ(to_string(r.deciding_entry(1, A("10.1.2.3"))->prefix), "::ffff:10.1.2.3/128");
+  EXPECT_EQ(to_string(r.deciding_entry(1, A("10.1.2.4"))->prefix), "10.1.2.0/24");
+  EXPECT_EQ(to_string(r.deciding_entry(1, A("10.1.3.4"))->prefix), "10.0.0.0/8");  // 100 > 60
+  EXPECT_FALSE(r.deciding_entry(1, A("11.0.0.1")));
+  EXPECT_EQ(to_string(r.deciding_entry(0, A("10.1.2.3"))->prefix), "10.0.0.0/8");
+  EXPECT_EQ(to_string(r.deciding_entry(0, A("11.0.0.1"))->prefix), "::/0");
+  EXPECT_EQ(to_string(r.deciding_entry(0, A("2001:db8::1"))->prefix), "::/0");
 }
 
 // ---- pool state encoding ------------------------------------------------------------------
@@ -458,7 +449,7 @@ TEST(RuntimeEntries, EmptyOverlayReturnsTheBaseVerdict) {
   base.score = 42;
   base.list = 2;
   bool rt = true;
-  const Verdict v = ov->lookup(base, addr("10.0.0.1"), &rt);
+  const Verdict v = ov->lookup(base, A("10.0.0.1"), &rt);
   EXPECT_EQ(v.score, 42);
   EXPECT_EQ(v.list, 2);
   EXPECT_FALSE(rt);

@@ -37,7 +37,7 @@
 #include <vector>
 
 #include "agents/ip-checker/entry.h"
-#include "config/options.h"
+#include "options/options.h"
 
 namespace spoad::agents::ip_checker {
 
@@ -71,8 +71,6 @@ bool parse_entry(std::string_view key_prefix, std::string_view key, std::string_
 // "<origin> add|del|clear ..."
 std::string change_message(uint64_t origin, const Change& c);
 bool parse_change_message(std::string_view msg, uint64_t* origin, Change* out, std::string* why);
-// True for a list name as the config accepts it (1-64 of A-Z a-z 0-9 _ - .).
-bool valid_list_name(std::string_view s);
 }  // namespace store_format
 
 class Store {
@@ -94,11 +92,17 @@ class Store {
 
   // Connects; retries on its own until stop(). Connect timeout 2 s (DNS, TCP, AUTH, SELECT,
   // SUBSCRIBE); once up, a PING every second on the command connection, none answered in 5 s
-  // counts as a lost connection. Its handles keep the loop alive until stop().
+  // counts as a lost connection. Its handles keep the loop alive until stop() (or detach()).
   void start();
   // Closes both connections, then calls `done` (from the loop). Writes not yet confirmed by
   // Redis count as write failures. Once: a second call does nothing (its `done` never runs).
   void stop(std::function<void()> done);
+  // From now on the Store no longer keeps the loop alive (its timers and sockets are
+  // uv_unref'd; a DNS lookup under way still counts until it ends) but goes on as before:
+  // connected, reconnecting, passing changes and taking writes until stop() or its
+  // destruction. For an owner that has finished its work yet lives on while the loop runs for
+  // others (a draining worker). Once: later calls do nothing.
+  void detach();
 
   // True while both connections are up and the last resync completed.
   bool connected() const;
