@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "agents/ip-checker/address.h"
+#include "util/text.h"
 
 namespace spoad::agents::ip_checker {
 
@@ -25,16 +26,9 @@ struct RuntimeEntry {
 
 inline constexpr size_t kMaxComment = 256;  // bytes
 
-// True for a list name as the configuration accepts it: 1-64 bytes among A-Z a-z 0-9 _ - .
-// (so that it fits in a store key, a metrics label and a CLI word unquoted).
+// True for a list name as the configuration accepts it (util::valid_name).
 inline bool valid_list_name(std::string_view s) {
-  if (s.empty() || s.size() > 64) return false;
-  for (char c : s) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '_' || c == '-' || c == '.';
-    if (!ok) return false;
-  }
-  return true;
+  return util::valid_name(s);
 }
 
 // A change to the runtime entries.

@@ -12,20 +12,11 @@
 
 #include "agent/registry.h"
 #include "spop/types.h"
+#include "util/text.h"
 
 namespace spoad::config {
 
 namespace {
-
-bool valid_name(std::string_view s) {
-  if (s.empty() || s.size() > 64) return false;
-  for (char c : s) {
-    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    c == '_' || c == '-' || c == '.';
-    if (!ok) return false;
-  }
-  return true;
-}
 
 std::string known_types() {
   std::string s;
@@ -200,7 +191,7 @@ Config parse_config(const std::string& text, const std::string& file_name) {
     ac.line = a.line();
     auto name = a.str("name");
     if (!name) a.fail("", "missing key \"name\"");
-    if (!valid_name(*name)) a.fail("name", "use 1-64 characters among A-Z a-z 0-9 _ - .");
+    if (!util::valid_name(*name)) a.fail("name", "use 1-64 characters among A-Z a-z 0-9 _ - .");
     // The master CLI routes "@<agent name>": a name must not read as "@<relative pid>" or
     // "@master" (cli/command.h).
     if (*name == "master" || name->find_first_not_of("0123456789") == std::string::npos)

@@ -36,6 +36,19 @@ inline bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
+// True for a name as the configuration accepts it (an agent's name, an ip-checker list's): 1-64
+// bytes among A-Z a-z 0-9 _ - . (so that it fits in a store key, a metrics label and a CLI word
+// unquoted).
+inline bool valid_name(std::string_view s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '-' || c == '.';
+    if (!ok) return false;
+  }
+  return true;
+}
+
 // The value 0-15 of one hex digit, or -1. Uppercase digits are accepted only when `upper`.
 inline int hex_digit(char c, bool upper = true) {
   if (c >= '0' && c <= '9') return c - '0';
