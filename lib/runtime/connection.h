@@ -12,6 +12,13 @@
 // Every frame is encoded whole into the output buffer and the buffer is handed to the kernel
 // in one write call. At most `max_inflight` NOTIFYs wait for their ACK; beyond that the
 // connection stops reading (backpressure) and never drops a frame.
+//
+// A Connection knows its owner only through runtime::ConnectionHost (connection_host.h): its
+// settings, counters, agent, reassembly budget, logger, and the closed / hand-off / engine
+// events. runtime::Server is the host in spoad; tests/unit/runtime_connection_test.cpp drives one
+// over a socketpair with a fake host. The code is split by concern: connection.cpp (life cycle,
+// timers, drain and hand-off), connection_read.cpp (reading, frames, NOTIFY to the agent),
+// connection_write.cpp (ACKs and DISCONNECT, writing, backpressure, shutdown).
 #pragma once
 
 #include <uv.h>
@@ -23,12 +30,11 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/reply.h"
+#include "runtime/connection_host.h"
 #include "spop/reassembler.h"
 #include "spop/types.h"
 
 namespace spoad::runtime {
-
-class Server;
 
 // How a soft-stopping server lets go of an established connection.
 enum class DrainMode {
@@ -46,13 +52,15 @@ enum class DrainMode {
 
 class Connection final : public agent::Reply::Owner {
  public:
-  explicit Connection(Server& server);
+  // A connection of `host` (its settings, counters, agent...: see ConnectionHost), not yet
+  // serving a socket. It deletes itself once closed, after host.on_connection_closed(this).
+  explicit Connection(ConnectionHost& host);
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  // Serves `fd`, a socket the caller accepted (TCP or Unix, as the server listens; owned from
-  // now on). Returns a libuv error code (0 on success); on failure the caller must close `fd`
-  // and call close_now(), which frees the connection.
+  // Serves `fd`, a socket the caller accepted (TCP, or AF_UNIX when
+  // ConnectionSettings::unix_socket; owned from now on). Returns a libuv error code (0 on success);
+  // on failure the caller must close `fd` and call close_now(), which frees the connection.
   int adopt(int fd);
 
   // Closes at once, without a DISCONNECT (hard-stop). Outstanding replies are cancelled.
@@ -67,13 +75,24 @@ class Connection final : public agent::Reply::Owner {
   // capabilities, peer, bytes it had read but not processed). Returns a libuv error code.
   int adopt_established(int fd, const nlohmann::json& state);
 
+  // Nothing in flight and nothing half reassembled.
   bool idle() const { return inflight_ == 0 && !reasm_.active(); }
   bool open() const { return state_ != State::kClosed; }
 
+  // agent::Reply::Owner: the reply's ACK can leave (queued, then written with the batch).
   void on_reply_complete(agent::Reply& reply) override;
 
  private:
   enum class State { kHello, kReady, kClosing, kClosed };
+
+  // Pending output (bytes) beyond which the connection stops reading until HAProxy catches up.
+  static constexpr size_t kMaxPendingOutput = 256 * 1024;
+  // How long a closing connection waits for HAProxy to read the DISCONNECT and close (ms).
+  static constexpr uint64_t kLingerMs = 1000;
+  // Replies kept for reuse per connection.
+  static constexpr size_t kReplyPool = 64;
+  // A read buffer above this size (bytes) is released once empty.
+  static constexpr size_t kKeepReadBuffer = 64 * 1024;
 
   ~Connection();
 
@@ -85,7 +104,7 @@ class Connection final : public agent::Reply::Owner {
   static void on_shutdown(uv_shutdown_t* req, int status);
 
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&handle_); }
-  uv_loop_t* loop() const;
+  uv_loop_t* loop() const { return loop_; }
   void started();  // after accept: peer name, hello timer, reading
 
   void process();
@@ -109,8 +128,17 @@ class Connection final : public agent::Reply::Owner {
   void settle();
   void set_inflight(uint32_t n);
   agent::Reply* new_reply();
+  // Microseconds of a monotonic clock (a reply's processing time).
+  static uint64_t now_us() { return uv_hrtime() / 1000; }
 
-  Server& server_;
+  ConnectionHost& host_;
+  // The host's, read once (see ConnectionHost).
+  uv_loop_t* const loop_;
+  const config::RuntimeSettings& rt_;
+  const bool unix_socket_;
+  Stats& stats_;
+  agent::Agent& agent_;
+  spdlog::logger& log_;
   union {
     uv_tcp_t tcp;
     uv_pipe_t pipe;

@@ -29,16 +29,13 @@ Server::Server(uv_loop_t* loop, const config::AgentConfig& cfg, std::unique_ptr<
                std::shared_ptr<spdlog::logger> log, const metrics::Scope& metrics)
     : loop_(loop),
       cfg_(cfg),
+      conn_settings_{cfg.runtime, cfg.listen.kind == config::ListenAddress::Kind::kUnix},
       agent_(std::move(agent)),
       log_(std::move(log)),
       stats_(metrics),
       reasm_budget_(cfg.runtime.max_reassembly_bytes) {}
 
 Server::~Server() = default;
-
-uint64_t Server::now_us() {
-  return uv_hrtime() / 1000;
-}
 
 std::string Server::address() const {
   return util::printable(cfg_.listen.str(), 4096);  // a unix path is bytes from the file

@@ -30,13 +30,16 @@
 #include "agent/agent.h"
 #include "config/config.h"
 #include "runtime/connection.h"
+#include "runtime/connection_host.h"
 #include "runtime/stats.h"
 #include "spop/reassembler.h"
 #include "util/rate_limit.h"
 
 namespace spoad::runtime {
 
-class Server {
+// The host of its connections (runtime/connection_host.h): they see it only through that
+// interface.
+class Server final : public ConnectionHost {
  public:
   // `metrics`: where the counters (Stats) are registered, labelled with the agent; a default
   // Scope counts in a private arena.
@@ -80,7 +83,7 @@ class Server {
 
   // Called by a Connection with the engine-id of its HELLO. Returns false when the connection
   // must be closed after its HELLO (a new engine during a succession).
-  bool on_engine(const std::string& engine_id);
+  bool on_engine(const std::string& engine_id) override;
   // Told once per engine-id this server sees first (for the master's list of engines).
   void set_engine_callback(std::function<void(const std::string&)> cb) {
     engine_cb_ = std::move(cb);
@@ -91,29 +94,29 @@ class Server {
   void hard_stop(std::function<void()> done);
 
   const Stats& stats() const { return stats_; }
-  Stats& mutable_stats() { return stats_; }
+  Stats& mutable_stats() override { return stats_; }
   // Bytes held in reassembly by all the connections (max-reassembly-bytes).
-  spop::ReassemblyBudget& reassembly_budget() { return reasm_budget_; }
+  spop::ReassemblyBudget& reassembly_budget() override { return reasm_budget_; }
   const spop::ReassemblyBudget& reassembly_budget() const { return reasm_budget_; }
-  agent::Agent& agent() { return *agent_; }
+  agent::Agent& agent() override { return *agent_; }
   const config::AgentConfig& config() const { return cfg_; }
-  spdlog::logger& log() { return *log_; }
-  uv_loop_t* loop() const { return loop_; }
+  const ConnectionSettings& connection_settings() const override { return conn_settings_; }
+  spdlog::logger& log() override { return *log_; }
+  uv_loop_t* loop() const override { return loop_; }
   // The listen address as logs show it (util::printable).
   std::string address() const;
   bool stopping() const { return stopping_; }
   size_t connection_count() const { return conns_.size(); }
 
-  // Called by Connection.
-  void on_connection_closed(Connection* c);
-  void hand_off(const nlohmann::json& state, uv_stream_t* handle, std::function<void(bool)> done);
+  // ConnectionHost, called by its connections.
+  void on_connection_closed(Connection* c) override;
+  void hand_off(const nlohmann::json& state, uv_stream_t* handle,
+                std::function<void(bool)> done) override;
   // True if a per-request warning may be logged now (at most 10 per second per server).
-  bool log_limiter_allow();
+  bool log_limiter_allow() override;
   // The same for the budget and accept-error warnings (their own 5 per second, so that a flood
   // of protocol errors cannot hide them).
-  bool limits_log_allow();
-  // Microseconds of a monotonic clock.
-  static uint64_t now_us();
+  bool limits_log_allow() override;
 
  private:
   // One listening socket, polled for readability; the server accepts itself (accept4), so that
@@ -139,6 +142,7 @@ class Server {
 
   uv_loop_t* loop_;
   config::AgentConfig cfg_;
+  ConnectionSettings conn_settings_;  // from cfg_
   std::unique_ptr<agent::Agent> agent_;
   std::shared_ptr<spdlog::logger> log_;
   Stats stats_;
