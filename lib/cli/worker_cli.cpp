@@ -10,22 +10,6 @@ uint64_t now_s() {
   return static_cast<uint64_t>(std::time(nullptr));
 }
 
-const char* const kDisconnectNames[15] = {"normal",
-                                          "io",
-                                          "timeout",
-                                          "too_big",
-                                          "invalid",
-                                          "no_version",
-                                          "no_frame_size",
-                                          "no_capabilities",
-                                          "bad_version",
-                                          "bad_frame_size",
-                                          "frag_not_supported",
-                                          "interlaced",
-                                          "frame_id_not_found",
-                                          "resource",
-                                          "other"};
-
 }  // namespace
 
 WorkerCli::WorkerCli(runtime::Worker& worker, WorkerIdentity id)
@@ -95,45 +79,39 @@ Fields WorkerCli::info() const {
 }
 
 std::vector<Fields> WorkerCli::stat() const {
+  using Id = runtime::Stats::Id;
   std::vector<Fields> rows;
   for (const auto& s : worker_.servers()) {
     const runtime::Stats& st = s->stats();
+    const auto& reassembly = s->reassembly_budget();
     Fields f = {
         {"agent", s->config().name},
         {"type", s->config().type},
         {"pid", id_.pid},
         {"relative_pid", id_.relative_pid},
-        {"applets", st.conns_current.get()},
-        {"idles", st.conns_idle.get()},
-        {"cum_conns", st.conns_total.get()},
-        {"healthchecks", st.healthchecks.get()},
-        {"nb_waiting", st.inflight.get()},
-        {"nb_processed", st.ack_total.get()},
-        {"cum_notify", st.notify_total.get()},
-        {"cum_messages", st.messages_total.get()},
-        {"fragmented", st.fragmented_total.get()},
-        {"aborted", st.aborted_total.get()},
-        {"ack_too_big", st.ack_too_big.get()},
-        {"nb_error", st.errors_total()},
-        {"disconnects_received", st.disconnects_received.get()},
-        {"handed_off", st.handed_off.get()},
-        {"adopted", st.adopted.get()},
-        {"reassembly_bytes", s->reassembly_budget().used()},
-        {"reassembly_bytes_max", s->reassembly_budget().peak()},
-        {"reassembly_limit", s->reassembly_budget().limit()},
-        {"reassembly_refused", st.reassembly_refused.get()},
-        {"fragment_timeouts", st.fragment_timeouts.get()},
-        {"max_connections", s->config().runtime.max_connections},
-        {"max_conn_reached", st.max_conn_reached.get()},
-        {"accept_errors", st.accept_errors.get()},
     };
+    // The columns in their order (users parse them by position): counters by their key in
+    // runtime/stats.h, then what is computed here.
+    auto put = [&](std::initializer_list<Id> ids) {
+      for (Id id : ids)
+        f.emplace_back(runtime::Stats::key(id), st.get(id));
+    };
+    put({Id::conns_current, Id::conns_idle, Id::conns_total, Id::healthchecks, Id::inflight,
+         Id::ack_total, Id::notify_total, Id::messages_total, Id::fragmented_total,
+         Id::aborted_total, Id::ack_too_big});
+    f.emplace_back("nb_error", st.errors_total());
+    put({Id::disconnects_received, Id::handed_off, Id::adopted});
+    f.emplace_back("reassembly_bytes", reassembly.used());
+    f.emplace_back("reassembly_bytes_max", reassembly.peak());
+    f.emplace_back("reassembly_limit", reassembly.limit());
+    put({Id::reassembly_refused, Id::fragment_timeouts});
+    f.emplace_back("max_connections", s->config().runtime.max_connections);
+    put({Id::max_conn_reached, Id::accept_errors});
     for (size_t i = 0; i < st.disconnects_sent.size(); ++i)
-      f.emplace_back(std::string("disconnect_") + kDisconnectNames[i],
-                     st.disconnects_sent[i].get());
+      f.emplace_back(runtime::Stats::disconnect_key(i), st.disconnects_sent[i].get());
     f.emplace_back("proc_time_avg_us", st.proc_time_avg_us());
     f.emplace_back("proc_time_max_us", st.proc_time_max_us);
-    f.emplace_back("bytes_in", st.bytes_in.get());
-    f.emplace_back("bytes_out", st.bytes_out.get());
+    put({Id::bytes_in, Id::bytes_out});
     rows.push_back(std::move(f));
   }
   return rows;

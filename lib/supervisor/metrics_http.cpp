@@ -422,33 +422,13 @@ void MetricsHttp::budget_hit(uint64_t& counter, const std::string& why) {
 }
 
 void MetricsHttp::append_samples(std::vector<metrics::Sample>& out) const {
-  using metrics::Type;
-  out.push_back(make_sample("spoad_metrics_http_connections",
-                            "Connections open to the metrics endpoint.", Type::kGauge,
-                            static_cast<double>(stats_.connections)));
-  out.push_back(make_sample("spoad_metrics_http_connections_total",
-                            "Connections accepted by the metrics endpoint.", Type::kCounter,
-                            static_cast<double>(stats_.connections_total)));
-  const char* help = "Requests answered by the metrics endpoint, by status code.";
-  out.push_back(make_sample("spoad_metrics_http_requests_total", help, Type::kCounter,
-                            static_cast<double>(stats_.ok), "code=\"200\""));
-  out.push_back(make_sample("spoad_metrics_http_requests_total", help, Type::kCounter,
-                            static_cast<double>(stats_.not_found), "code=\"404\""));
-  out.push_back(make_sample("spoad_metrics_http_requests_total", help, Type::kCounter,
-                            static_cast<double>(stats_.bad_method), "code=\"405\""));
-  out.push_back(make_sample("spoad_metrics_http_limit_reached_total",
-                            "Times the metrics endpoint reached metrics.max-connections.",
-                            Type::kCounter, static_cast<double>(stats_.at_limit)));
-  out.push_back(make_sample("spoad_metrics_http_timeouts_total",
-                            "Connections closed after metrics.timeout of silence.", Type::kCounter,
-                            static_cast<double>(stats_.timeouts)));
-  out.push_back(make_sample("spoad_metrics_http_refused_total",
-                            "Requests refused before they were complete (larger than "
-                            "metrics.max-connection-memory, or malformed).",
-                            Type::kCounter, static_cast<double>(stats_.refused)));
-  out.push_back(make_sample("spoad_metrics_http_bind_failures_total",
-                            "Attempts to bind the metrics endpoint's address that failed.",
-                            Type::kCounter, static_cast<double>(stats_.bind_failures)));
+  constexpr std::string_view kMetricsHttpRequestsHelp =
+      "Requests answered by the metrics endpoint, by status code.";
+#define SPOAD_METRICS_HTTP_SAMPLE(field, type, family, help, labels) \
+  out.push_back(                                                     \
+      make_sample(family, help, metrics::Type::type, static_cast<double>(stats_.field), labels));
+  SPOAD_METRICS_HTTP_STATS(SPOAD_METRICS_HTTP_SAMPLE)
+#undef SPOAD_METRICS_HTTP_SAMPLE
 }
 
 }  // namespace spoad::supervisor

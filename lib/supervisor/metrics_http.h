@@ -36,22 +36,44 @@
 #include "metrics/exposition.h"
 #include "util/rate_limit.h"
 
+// The endpoint's counters, in the order of their samples: X(field, type, family, help,
+// labels), labels rendered ("" for none). The help of spoad_metrics_http_requests_total is
+// kMetricsHttpRequestsHelp (metrics_http.cpp).
+#define SPOAD_METRICS_HTTP_STATS(X)                                                              \
+  /* open now, accepted */                                                                       \
+  X(connections, kGauge, "spoad_metrics_http_connections",                                       \
+    "Connections open to the metrics endpoint.", "")                                             \
+  X(connections_total, kCounter, "spoad_metrics_http_connections_total",                         \
+    "Connections accepted by the metrics endpoint.", "")                                         \
+  /* answers: 200 (/metrics and /), 404, 405 */                                                  \
+  X(ok, kCounter, "spoad_metrics_http_requests_total", kMetricsHttpRequestsHelp, "code=\"200\"") \
+  X(not_found, kCounter, "spoad_metrics_http_requests_total", kMetricsHttpRequestsHelp,          \
+    "code=\"404\"")                                                                              \
+  X(bad_method, kCounter, "spoad_metrics_http_requests_total", kMetricsHttpRequestsHelp,         \
+    "code=\"405\"")                                                                              \
+  X(at_limit, kCounter, "spoad_metrics_http_limit_reached_total",                                \
+    "Times the metrics endpoint reached metrics.max-connections.", "")                           \
+  X(timeouts, kCounter, "spoad_metrics_http_timeouts_total",                                     \
+    "Connections closed after metrics.timeout of silence.", "")                                  \
+  /* requests MHD refused before our handler (too big, bad) */                                   \
+  X(refused, kCounter, "spoad_metrics_http_refused_total",                                       \
+    "Requests refused before they were complete (larger than "                                   \
+    "metrics.max-connection-memory, or malformed).",                                             \
+    "")                                                                                          \
+  /* binds that failed (start, reload, retries) */                                               \
+  X(bind_failures, kCounter, "spoad_metrics_http_bind_failures_total",                           \
+    "Attempts to bind the metrics endpoint's address that failed.", "")
+#define SPOAD_METRICS_HTTP_FIELD(field, type, family, help, labels) uint64_t field = 0;
+
 namespace spoad::supervisor {
 
 class MetricsHttp {
  public:
-  // Counters since the master started (the exposition shows them, see append_samples).
+  // Counters since the master started (the exposition shows them, see append_samples), each
+  // but closed_total declared once in SPOAD_METRICS_HTTP_STATS.
   struct Stats {
-    uint64_t connections = 0;        // open now
-    uint64_t connections_total = 0;  // accepted
-    uint64_t closed_total = 0;       // closed
-    uint64_t ok = 0;                 // 200 answers (/metrics and /)
-    uint64_t not_found = 0;          // 404
-    uint64_t bad_method = 0;         // 405
-    uint64_t at_limit = 0;           // times max-connections was reached
-    uint64_t timeouts = 0;           // connections closed after `timeout` of silence
-    uint64_t refused = 0;            // requests MHD refused before our handler (too big, bad)
-    uint64_t bind_failures = 0;      // binds that failed (start, reload, retries)
+    SPOAD_METRICS_HTTP_STATS(SPOAD_METRICS_HTTP_FIELD)
+    uint64_t closed_total = 0;  // connections closed (not exported)
   };
 
   // `render`: the exposition in the asked format (called once per GET /metrics).
