@@ -170,20 +170,13 @@ IpCheckerAgent::IpCheckerAgent(const agent::Context& ctx, const IpCheckerOptions
 }
 
 IpCheckerAgent::~IpCheckerAgent() {
-  // Normally stop() closed everything. Otherwise close what is left; the callbacks that are
-  // still to come find self == nullptr and only free their memory.
-  for (HandleBox* b : handles_) {
-    b->self = nullptr;
-    if (!b->closing) {
-      b->closing = true;
-      uv_close(&b->u.handle, on_handle_closed);
-    }
-  }
+  // Normally stop() closed everything. Otherwise handles_' destructor closes what is left; the
+  // close callbacks still to come only free their memory.
   detach_reload();
 }
 
 uint64_t IpCheckerAgent::now_ms() const {
-  return ctx_.loop ? uv_now(ctx_.loop) : uv_hrtime() / 1'000'000;
+  return ctx_.loop ? uv_now(ctx_.loop) : util::monotonic_ms();
 }
 
 void IpCheckerAgent::warn_bad_argument(const std::string& what) {
@@ -236,11 +229,8 @@ void IpCheckerAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
 }
 
 IpCheckerAgent::HandleBox* IpCheckerAgent::new_timer() {
-  auto* b = new HandleBox;
-  b->self = this;
-  uv_timer_init(ctx_.loop, &b->u.timer);
-  b->u.handle.data = b;
-  handles_.push_back(b);
+  HandleBox* b = handles_.make();
+  uv_timer_init(ctx_.loop, &b->u.timer);  // cannot fail
   return b;
 }
 
@@ -268,34 +258,21 @@ void IpCheckerAgent::stop(std::function<void()> done) {
   stop_done_ = std::move(done);
   timer_armed_ = false;
   if (rebuild_pending_) rebuild_overlay();  // store changes received: in force while draining
-  const std::vector<HandleBox*> boxes = handles_;
-  for (HandleBox* b : boxes) {
-    if (b->closing) continue;
-    b->closing = true;
-    uv_close(&b->u.handle, on_handle_closed);
-  }
+  handles_.close_all();
   // The store stays connected until the agent is destroyed: the worker may serve other agents
   // for a while yet, and pool-wide commands and other instances' changes still reach it. It no
   // longer keeps the loop alive, so that the worker's loop can end.
   if (store_) store_->detach();
-  maybe_stopped();
+  finish_stop_if_idle();
 }
 
-void IpCheckerAgent::on_handle_closed(uv_handle_t* h) {
-  auto* b = static_cast<HandleBox*>(h->data);
-  IpCheckerAgent* self = b->self;
-  if (self) {
-    auto& hs = self->handles_;
-    hs.erase(std::remove(hs.begin(), hs.end(), b), hs.end());
-    for (HandleBox** p : {&self->timer_, &self->expiry_timer_, &self->rebuild_timer_,
-                          &self->pool_timer_, &self->store_tick_})
-      if (*p == b) *p = nullptr;
-  }
-  delete b;
-  if (self) self->maybe_stopped();
+void IpCheckerAgent::on_handle_closed(HandleBox* b) {
+  for (HandleBox** p : {&timer_, &expiry_timer_, &rebuild_timer_, &pool_timer_, &store_tick_})
+    if (*p == b) *p = nullptr;
+  finish_stop_if_idle();
 }
 
-void IpCheckerAgent::maybe_stopped() {
+void IpCheckerAgent::finish_stop_if_idle() {
   if (!stop_done_ || !handles_.empty() || job_) return;
   auto cb = std::move(stop_done_);
   stop_done_ = nullptr;
@@ -305,13 +282,8 @@ void IpCheckerAgent::maybe_stopped() {
 // ---- stats and CLI ----------------------------------------------------------------------
 
 void IpCheckerAgent::stats(nlohmann::json& out) const {
-  out["checks"] = checks_;
-  out["allowed"] = allowed_.get();
-  out["blocked"] = blocked_.get();
-  out["scored"] = scored_.get();
-  out["no_match"] = no_match_.get();
-  out["bad_argument"] = bad_argument_.get();
-  out["ignored_messages"] = ignored_;
+  const IpCheckerAgent& s = *this;
+  SPOAD_IP_CHECKER_COUNTERS(SPOAD_JSON_PUT_AS)
   list_stats(out);
   runtime_stats(out);
 }

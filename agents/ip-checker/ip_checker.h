@@ -44,7 +44,9 @@
 #include "agents/ip-checker/runtime_entries.h"
 #include "agents/ip-checker/store.h"
 #include "metrics/arena.h"
+#include "metrics/counter_list.h"
 #include "util/rate_limit.h"
+#include "util/uv_handle.h"
 
 namespace spoad::agents::ip_checker {
 
@@ -67,6 +69,21 @@ struct IpCheckerOptions : agent::AgentOptions {
   size_t max_runtime_entries = 1'000'000;   // runtime entries held at most (all lists)
   StoreOptions store;                       // the shared store; url "" for none
 };
+
+// The agent's counters, each declared once with its key in `show stat json`
+// (metrics/counter_list.h): X(member, type, key). The metrics:: handles are also Prometheus
+// series of the worker's arena (README.md, "Metrics"), registered in the constructor.
+#define SPOAD_IP_CHECKER_COUNTERS(X)                                                         \
+  X(checks_, uint64_t, "checks")                                                             \
+  /* spoad_ip_checker_decisions_total{decision="allowed", "blocked", "denied", "unknown"} */ \
+  X(allowed_, metrics::Counter, "allowed")                                                   \
+  X(blocked_, metrics::Counter, "blocked")                                                   \
+  X(scored_, metrics::Counter, "scored")                                                     \
+  X(no_match_, metrics::Counter, "no_match")                                                 \
+  X(bad_argument_, metrics::Counter, "bad_argument") /* ..._bad_arguments_total */           \
+  X(ignored_, uint64_t, "ignored_messages")                                                  \
+  X(reloads_ok_, metrics::Counter, "reloads_ok")         /* ..._list_reloads_total */        \
+  X(reloads_failed_, metrics::Counter, "reloads_failed") /* ..._list_reload_failures_total */
 
 class IpCheckerAgent : public agent::Agent {
  public:
@@ -130,20 +147,16 @@ class IpCheckerAgent : public agent::Agent {
     uint64_t reloads_failed = 0;
   };
   struct Job;
-  // A libuv handle of the agent (file watcher, timer). Allocated with new; freed by
-  // on_handle_closed().
-  struct HandleBox {
-    IpCheckerAgent* self = nullptr;  // nulled if the agent goes away first
-    bool closing = false;
-    union {
-      uv_handle_t handle;
-      uv_timer_t timer;
-      uv_fs_event_t fs;
-    } u;
-    std::string dir;                 // fs events: the watched directory
+  // What a file watcher watches (empty for the timers).
+  struct Watched {
+    std::string dir;                 // the watched directory
     std::vector<std::string> names;  // the list files' names in `dir`
     bool any_event = false;          // a list file is a symlink: every event may change it
   };
+  // The agent's libuv handles (file watchers, timers), on the heap: a handle closed after the
+  // agent died must not touch it.
+  using Handles = util::UvHandles<IpCheckerAgent, Watched>;
+  using HandleBox = Handles::Box;
 
   // List files (ip_checker_lists.cpp).
   void load_lists();     // the constructor's load, synchronous; throws as the constructor
@@ -158,14 +171,15 @@ class IpCheckerAgent : public agent::Agent {
   static void on_rebuild_timer(uv_timer_t* t);
   static void on_pool_timer(uv_timer_t* t);
   static void on_store_tick(uv_timer_t* t);
-  static void on_handle_closed(uv_handle_t* h);
+  void on_handle_closed(HandleBox* b);
 
   std::unique_ptr<Job> make_job(bool force) const;
   void apply(Job& job, bool startup);
   void start_reload(bool force);
   void start_watchers();
   void file_changed();
-  void maybe_stopped();
+  // Calls stop()'s `done` once every handle is closed and no reload runs.
+  void finish_stop_if_idle();
   uint64_t now_ms() const;
   void warn_bad_argument(const std::string& what);
   void register_metrics();
@@ -210,7 +224,7 @@ class IpCheckerAgent : public agent::Agent {
   std::vector<ListState> lists_;
   std::shared_ptr<const Matcher> matcher_;
 
-  std::vector<HandleBox*> handles_;  // open or closing watchers and the timer
+  Handles handles_{this, &IpCheckerAgent::on_handle_closed};  // open or closing ones
   HandleBox* timer_ = nullptr;
   bool timer_armed_ = false;
   uint64_t first_change_ms_ = 0;  // loop time of the first change not yet reloaded
@@ -221,17 +235,8 @@ class IpCheckerAgent : public agent::Agent {
   std::function<void()> stop_done_;
   util::RateLimiter log_limiter_{10};
 
-  // Counters (see stats()). The metrics:: handles are also Prometheus series of the
-  // worker's arena (README.md, "Metrics"), registered in the constructor.
-  uint64_t checks_ = 0;
-  metrics::Counter allowed_;       // decision="allowed"
-  metrics::Counter blocked_;       // decision="blocked"
-  metrics::Counter scored_;        // decision="denied"
-  metrics::Counter no_match_;      // decision="unknown"
-  metrics::Counter bad_argument_;  // spoad_ip_checker_bad_arguments_total
-  uint64_t ignored_ = 0;
-  metrics::Counter reloads_ok_;      // spoad_ip_checker_list_reloads_total
-  metrics::Counter reloads_failed_;  // spoad_ip_checker_list_reload_failures_total
+  // Counters (see SPOAD_IP_CHECKER_COUNTERS above).
+  SPOAD_IP_CHECKER_COUNTERS(SPOAD_JSON_FIELD_AS)
   // Per list (index as in lists_): the list that decided, and entries loaded. The first
   // kMaxListSeries lists have their own series; the others share list="(other)".
   std::vector<metrics::Counter> list_matches_;

@@ -206,23 +206,20 @@ void IpCheckerAgent::start_watchers() {
   if (dirs.empty()) return;
   timer_ = new_timer();
   for (const auto& [dir, files] : dirs) {
-    auto* b = new HandleBox;
-    b->self = this;
-    b->dir = dir;
+    HandleBox* b = handles_.make();
+    Watched& w = b->extra;
+    w.dir = dir;
     for (const ListState* st : files) {
-      b->names.push_back(std::filesystem::path(st->cfg.file).filename().string());
+      w.names.push_back(std::filesystem::path(st->cfg.file).filename().string());
       struct stat lst;
-      if (::lstat(st->cfg.file.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode)) b->any_event = true;
+      if (::lstat(st->cfg.file.c_str(), &lst) == 0 && S_ISLNK(lst.st_mode)) w.any_event = true;
     }
-    uv_fs_event_init(ctx_.loop, &b->u.fs);
-    b->u.handle.data = b;
-    handles_.push_back(b);
+    uv_fs_event_init(ctx_.loop, &b->u.fs);  // cannot fail
     const int rc = uv_fs_event_start(&b->u.fs, on_fs_event, dir.c_str(), 0);
     if (rc != 0) {
       ctx_.log->error("cannot watch {}: {}; its lists reload only on a reload command",
                       util::printable(dir, 4096), uv_strerror(rc));
-      b->closing = true;
-      uv_close(&b->u.handle, on_handle_closed);
+      handles_.close(b);
       continue;
     }
     ctx_.log->debug("watching {} for changes to {} list file(s)", util::printable(dir, 4096),
@@ -232,21 +229,23 @@ void IpCheckerAgent::start_watchers() {
 
 void IpCheckerAgent::on_fs_event(uv_fs_event_t* h, const char* filename, int events, int status) {
   (void)events;
-  auto* b = static_cast<HandleBox*>(h->data);
-  IpCheckerAgent* self = b->self;
-  if (!self || self->stopping_) return;
+  HandleBox* b = HandleBox::from(h);
+  if (!b->live()) return;
+  IpCheckerAgent* self = b->owner();
+  if (self->stopping_) return;
+  const Watched& w = b->extra;
   if (status < 0) {
-    self->ctx_.log->warn("watching {}: {}", util::printable(b->dir, 4096), uv_strerror(status));
+    self->ctx_.log->warn("watching {}: {}", util::printable(w.dir, 4096), uv_strerror(status));
     return;
   }
-  if (!b->any_event && filename &&
-      std::find(b->names.begin(), b->names.end(), filename) == b->names.end())
+  if (!w.any_event && filename &&
+      std::find(w.names.begin(), w.names.end(), filename) == w.names.end())
     return;
   self->file_changed();
 }
 
 void IpCheckerAgent::file_changed() {
-  if (!timer_ || timer_->closing) return;
+  if (!timer_ || timer_->closing()) return;
   // Wait for watch-delay without events (a file is often written in several steps), but no
   // longer than max(1 s, 5 x watch-delay) after the first one.
   const uint64_t now = uv_now(ctx_.loop);
@@ -261,9 +260,9 @@ void IpCheckerAgent::file_changed() {
 }
 
 void IpCheckerAgent::on_timer(uv_timer_t* t) {
-  auto* b = static_cast<HandleBox*>(t->data);
-  IpCheckerAgent* self = b->self;
-  if (!self) return;
+  HandleBox* b = HandleBox::from(t);
+  if (!b->live()) return;
+  IpCheckerAgent* self = b->owner();
   self->timer_armed_ = false;
   self->start_reload(false);
 }
@@ -308,7 +307,7 @@ void IpCheckerAgent::on_work_done(uv_work_t* req, int status) {
   job.reset();  // drops the replaced lists and matcher
   release_free_memory();
   if (self->stopping_) {
-    self->maybe_stopped();
+    self->finish_stop_if_idle();
   } else if (self->pending_force_) {
     self->pending_force_ = self->pending_ = false;
     self->start_reload(true);
@@ -319,8 +318,6 @@ void IpCheckerAgent::on_work_done(uv_work_t* req, int status) {
 }
 
 void IpCheckerAgent::list_stats(nlohmann::json& out) const {
-  out["reloads_ok"] = reloads_ok_.get();
-  out["reloads_failed"] = reloads_failed_.get();
   out["last_reload"] = last_reload_ms_ ? nlohmann::json(format_time(last_reload_ms_)) : nullptr;
   out["reload_running"] = job_ != nullptr;
   out["prefixes"] = matcher_->prefixes();

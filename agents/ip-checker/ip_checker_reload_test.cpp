@@ -152,5 +152,21 @@ TEST_F(IpCheckerLoop, DestroyWithoutStopClosesHandles) {
   uv_run(&loop_, UV_RUN_DEFAULT);
 }
 
+// stop() closes the watchers and timers; the agent is destroyed before libuv runs their close
+// callbacks, which then must not touch it (nor call `done`).
+TEST_F(IpCheckerLoop, DestroyedWhileItsHandlesClose) {
+  TempDir dir;
+  dir.write("drop.txt", "203.0.113.0/24\n");
+  auto a = make_agent("deny:\n  - {name: drop, score: 100, file: " + dir.file("drop.txt") + "}\n",
+                      &loop_);
+  a->start();
+  bool stopped = false;
+  a->stop([&] { stopped = true; });
+  EXPECT_FALSE(stopped);  // from the close callbacks, not inside stop()
+  a.reset();
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  EXPECT_FALSE(stopped);
+}
+
 }  // namespace
 }  // namespace spoad::agents::ip_checker

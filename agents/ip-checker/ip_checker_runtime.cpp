@@ -92,14 +92,14 @@ void IpCheckerAgent::rebuild_overlay() {
   last_rebuild_end_ms_ = now_ms();
   if (rebuild_pending_) {
     rebuild_pending_ = false;
-    if (rebuild_timer_ && !rebuild_timer_->closing) uv_timer_stop(&rebuild_timer_->u.timer);
+    if (rebuild_timer_ && !rebuild_timer_->closing()) uv_timer_stop(&rebuild_timer_->u.timer);
   }
   runtime_entries_ = runtime_.size();
   arm_expiry();
 }
 
 void IpCheckerAgent::schedule_rebuild() {
-  if (!rebuild_timer_ || rebuild_timer_->closing) {
+  if (!rebuild_timer_ || rebuild_timer_->closing()) {
     rebuild_overlay();
     return;
   }
@@ -114,13 +114,13 @@ void IpCheckerAgent::schedule_rebuild() {
 }
 
 void IpCheckerAgent::on_rebuild_timer(uv_timer_t* t) {
-  auto* b = static_cast<HandleBox*>(t->data);
-  if (b->self && b->self->rebuild_pending_) b->self->rebuild_overlay();
+  HandleBox* b = HandleBox::from(t);
+  if (b->live() && b->owner()->rebuild_pending_) b->owner()->rebuild_overlay();
 }
 
 void IpCheckerAgent::arm_expiry() {
   const int64_t next = runtime_.next_expiry_s();
-  const bool timer = expiry_timer_ && !expiry_timer_->closing;
+  const bool timer = expiry_timer_ && !expiry_timer_->closing();
   if (next == 0) {
     expiry_due_ms_ = UINT64_MAX;
     if (timer) uv_timer_stop(&expiry_timer_->u.timer);
@@ -140,20 +140,20 @@ void IpCheckerAgent::expire_due() {
 }
 
 void IpCheckerAgent::on_expiry_timer(uv_timer_t* t) {
-  auto* b = static_cast<HandleBox*>(t->data);
-  if (b->self) b->self->expire_due();
+  HandleBox* b = HandleBox::from(t);
+  if (b->live()) b->owner()->expire_due();
 }
 
 void IpCheckerAgent::notify_pool() {
   pool_dirty_ = false;
   last_pool_notify_ms_ = now_ms();
-  if (pool_timer_ && !pool_timer_->closing) uv_timer_stop(&pool_timer_->u.timer);
+  if (pool_timer_ && !pool_timer_->closing()) uv_timer_stop(&pool_timer_->u.timer);
   if (ctx_.pool_state_changed) ctx_.pool_state_changed();
 }
 
 void IpCheckerAgent::schedule_pool_notify() {
   pool_dirty_ = true;
-  if (!pool_timer_ || pool_timer_->closing) return;
+  if (!pool_timer_ || pool_timer_->closing()) return;
   if (uv_is_active(&pool_timer_->u.handle)) return;
   const uint64_t next = last_pool_notify_ms_ + 1000;
   const uint64_t now = now_ms();
@@ -161,8 +161,8 @@ void IpCheckerAgent::schedule_pool_notify() {
 }
 
 void IpCheckerAgent::on_pool_timer(uv_timer_t* t) {
-  auto* b = static_cast<HandleBox*>(t->data);
-  if (b->self && b->self->pool_dirty_) b->self->notify_pool();
+  HandleBox* b = HandleBox::from(t);
+  if (b->live() && b->owner()->pool_dirty_) b->owner()->notify_pool();
 }
 
 std::string IpCheckerAgent::pool_state() const {
@@ -240,8 +240,8 @@ void IpCheckerAgent::on_store_state(bool connected) {
 }
 
 void IpCheckerAgent::on_store_tick(uv_timer_t* t) {
-  auto* b = static_cast<HandleBox*>(t->data);
-  if (b->self) b->self->sync_store_metrics();
+  HandleBox* b = HandleBox::from(t);
+  if (b->live()) b->owner()->sync_store_metrics();
 }
 
 void IpCheckerAgent::sync_store_metrics() {

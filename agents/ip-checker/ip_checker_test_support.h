@@ -26,9 +26,8 @@
 #include "metrics/arena.h"
 #include "options/options.h"
 #include "spop/frames.h"
-#include "spop/reader.h"
-#include "spop/writer.h"
-#include "tests/unit/test_http_server.h"
+#include "tests/support/spop_message.h"
+#include "tests/support/test_loop.h"
 #include "util/log.h"
 
 namespace spoad::agents::ip_checker::test {
@@ -67,32 +66,22 @@ struct Vars {
   std::optional<std::string> list;
 };
 
-struct TestOwner : agent::Reply::Owner {
-  int completed = 0;
-  void on_reply_complete(agent::Reply&) override { ++completed; }
-};
-
 // Encodes one message, decodes it as the runtime does, runs on_message, decodes the reply.
 inline Vars send(IpCheckerAgent& agent, const std::string& name,
                  const std::vector<spop::KV>& args) {
-  std::vector<uint8_t> buf;
-  spop::Writer w(buf);
-  w.message(name, args);
-  spop::Reader r(spop::Bytes(buf.data(), buf.size()));
-  spop::Message msg;
-  EXPECT_TRUE(r.message(&msg));
-  TestOwner owner;
+  const spoad::testing::EncodedMessage msg(name, args);
+  EXPECT_TRUE(msg.ok());
+  spoad::testing::CountingOwner owner;
   agent::Reply reply;
   reply.reset(&owner, 7, 1);
-  agent.on_message(msg, reply);
+  agent.on_message(msg.get(), reply);
   reply.release();
   EXPECT_EQ(owner.completed, 1);  // the ACK leaves at once
   Vars v;
-  const spop::Bytes acts(reply.actions().data(), reply.actions().size());
-  uint32_t count = 0;
-  EXPECT_TRUE(spop::validate_actions(acts, &count).ok());
-  v.count = count;
-  for (const spop::Action& a : spop::actions(acts)) {
+  const spoad::testing::DecodedActions acts = spoad::testing::decode_actions(reply);
+  EXPECT_TRUE(acts.ok);
+  v.count = acts.count;
+  for (const spop::Action& a : acts.list) {
     EXPECT_EQ(a.type, spop::ActionType::kSetVar);
     if (a.name == "ip_score") {
       EXPECT_EQ(a.scope, spop::Scope::kSession);

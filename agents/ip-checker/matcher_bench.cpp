@@ -42,16 +42,14 @@
 #include "agents/ip-checker/lists.h"
 #include "agents/ip-checker/matcher.h"
 #include "agents/ip-checker/runtime_entries.h"
+#include "util/clock.h"
 
 namespace ipc = spoad::agents::ip_checker;
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
+using spoad::util::ms_since;
 
 void trim_heap() {
 #if defined(__GLIBC__)

@@ -1,23 +1,21 @@
-// The ip-checker's shared store in Redis (store.h, store_impl.h): the Store itself, its two
-// connections, reconnection with backoff, PING, and the callbacks of hiredis and libuv.
+// The ip-checker's shared store in Redis (store.h, store_impl.h): its two connections (DNS,
+// connect, AUTH, SELECT, SUBSCRIBE), the commands sent on them, and the callbacks of hiredis.
+// The Store's state, timers and backoff are in store.cpp.
 //
 // Lifetimes. Each hiredis context's `data` points to its Conn while we own the context; before
 // we free a context (or when hiredis frees it after a failed connect or a lost connection) that
 // pointer is cleared, so a callback of a dying context does nothing. Every command callback
 // owns its Pending (hiredis calls it exactly once: with the reply, or with NULL when the
-// context is freed). Our timers and the DNS request are heap objects that outlive the Store
-// when their close or cancel is still on its way. The libuv adapter closes and frees its poll
-// handle itself. Every callback from hiredis or libuv catches all exceptions.
+// context is freed). The DNS request is a heap object that outlives the Store when its cancel
+// is still on its way. The libuv adapter closes and frees its poll handle itself. Every
+// callback from hiredis or libuv catches all exceptions.
 #include <arpa/inet.h>
 #include <hiredis/adapters/libuv.h>
 
-#include <algorithm>
-#include <random>
-#include <stdexcept>
+#include <memory>
 
 #include "agents/ip-checker/store_impl.h"
 #include "util/escape.h"
-#include "util/log.h"
 
 namespace spoad::agents::ip_checker {
 
@@ -68,60 +66,6 @@ bool attach(redisAsyncContext* ac, uv_loop_t* loop) {
 
 }  // namespace
 
-Store::Impl::Impl(uv_loop_t* l, StoreOptions o, std::shared_ptr<spdlog::logger> lg, Callbacks c)
-    : loop(l), opts(std::move(o)), log(std::move(lg)), cb(std::move(c)) {
-  std::string why;
-  if (!parse_url(opts.url, &url, &why)) throw std::invalid_argument("store url: " + why);
-  if (!log) log = util::make_logger("ip-checker");
-  shown = shown_url(url);
-  channel = opts.key_prefix + "changes";
-  entry_head = opts.key_prefix + "entry:";
-  scan_pattern = glob_escape(entry_head) + "*";
-  std::random_device rd;
-  origin = (static_cast<uint64_t>(rd()) << 32) ^ rd();
-  down_since_s = now_s();
-  phase_timer = new_timer();
-  ping_timer = new_timer();
-}
-
-Store::Impl::~Impl() {
-  stopping = true;
-  teardown_session();
-  for (TimerBox* t : {phase_timer, ping_timer}) {
-    if (!t) continue;
-    t->impl = nullptr;
-    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&t->h)))
-      uv_close(reinterpret_cast<uv_handle_t*>(&t->h), &on_timer_closed);
-  }
-}
-
-Store::Impl::TimerBox* Store::Impl::new_timer() {
-  auto* t = new TimerBox{};
-  t->impl = this;
-  uv_timer_init(loop, &t->h);
-  t->h.data = t;
-  return t;
-}
-
-void Store::Impl::log_state(spdlog::level::level_enum lvl, const std::string& msg) {
-  if (!state_log.allow(uv_now(loop))) return;
-  const uint64_t n = state_log.take_suppressed();
-  if (n)
-    log->log(lvl, "store {}: {} ({} similar lines suppressed)", shown, msg, n);
-  else
-    log->log(lvl, "store {}: {}", shown, msg);
-}
-
-void Store::Impl::skip_malformed(const char* what, std::string_view where, std::string_view bytes,
-                                 const std::string& why) {
-  ++malformed;
-  if (!bad_log.allow(uv_now(loop))) return;
-  const uint64_t n = bad_log.take_suppressed();
-  log->warn("store {}: skipped a malformed {} {}: {} ({}){}", shown, what,
-            util::printable(where, 128), why, util::printable(bytes, 128),
-            n ? " (" + std::to_string(n) + " similar lines suppressed)" : "");
-}
-
 void Store::Impl::start() {
   if (state != State::kIdle) return;
   attempt();
@@ -129,7 +73,7 @@ void Store::Impl::start() {
 
 void Store::Impl::attempt() {
   state = State::kConnecting;
-  uv_timer_start(&phase_timer->h, &on_phase_timer, kConnectTimeoutMs, 0);
+  uv_timer_start(&phase_timer->u.timer, &on_phase_timer, kConnectTimeoutMs, 0);
   in6_addr a6;
   in_addr a4;
   if (url.v6 || inet_pton(AF_INET, url.host.c_str(), &a4) == 1 ||
@@ -315,7 +259,7 @@ void Store::Impl::handle_reply(Conn& c, Pending& p, redisReply* r) {
       return;
     case Op::kReady:
       c.ready = true;
-      return maybe_resync();
+      return resync_if_ready();
     case Op::kPing:
       ping_out = false;
       return;
@@ -327,58 +271,6 @@ void Store::Impl::handle_reply(Conn& c, Pending& p, redisReply* r) {
       return on_exec(r);
     case Op::kClearScan:
       return on_clear_scan(r);
-  }
-}
-
-void Store::Impl::on_phase_timer(uv_timer_t* h) {
-  auto* t = static_cast<TimerBox*>(h->data);
-  if (!t->impl) return;
-  Impl* self = t->impl;
-  try {
-    if (self->state == State::kBackoff) {
-      ++self->reconnects;
-      self->attempt();
-    } else if (self->state == State::kConnecting) {
-      self->fail("no connection within " + std::to_string(kConnectTimeoutMs / 1000) + " s");
-    } else if (!self->deferred_failure.empty()) {
-      self->fail(std::move(self->deferred_failure));
-    }
-  } catch (...) {
-  }
-}
-
-void Store::Impl::on_ping_timer(uv_timer_t* h) {
-  auto* t = static_cast<TimerBox*>(h->data);
-  if (!t->impl) return;
-  Impl* self = t->impl;
-  try {
-    if (self->state != State::kSyncing && self->state != State::kUp) return;
-    const uint64_t now = uv_now(self->loop);
-    if (self->ping_out) {
-      if (now - self->ping_sent_ms >= kPingTimeoutMs)
-        self->fail("no answer to PING in " + std::to_string(kPingTimeoutMs / 1000) + " s");
-      return;
-    }
-    if (!self->send(self->cmd, Op::kPing, {"PING"})) return self->fail("cannot send PING");
-    self->ping_out = true;
-    self->ping_sent_ms = now;
-  } catch (...) {
-  }
-}
-
-void Store::Impl::on_timer_closed(uv_handle_t* h) {
-  auto* t = static_cast<TimerBox*>(h->data);
-  Impl* self = t->impl;
-  delete t;
-  if (!self) return;
-  if (self->phase_timer == t) self->phase_timer = nullptr;
-  if (self->ping_timer == t) self->ping_timer = nullptr;
-  if (--self->closing > 0) return;
-  if (auto done = std::move(self->stop_done)) {
-    try {
-      done();
-    } catch (...) {
-    }
   }
 }
 
@@ -396,7 +288,7 @@ void Store::Impl::teardown_session() {
       redisAsyncFree(ac);  // runs its pending callbacks with NULL, which do nothing
     }
   }
-  if (ping_timer) uv_timer_stop(&ping_timer->h);
+  if (ping_timer) uv_timer_stop(&ping_timer->u.timer);
   ping_out = false;
   Resync empty;
   std::swap(rs, empty);
@@ -412,105 +304,10 @@ void Store::Impl::teardown_session() {
   deferred_failure.clear();
 }
 
-void Store::Impl::fail(std::string why) {
-  if (state == State::kIdle || state == State::kStopped || state == State::kBackoff) return;
-  const bool was_up = up;
-  teardown_session();
-  up = false;
-  if (was_up) down_since_s = now_s();
-  state = State::kBackoff;
-  uv_timer_start(&phase_timer->h, &on_phase_timer, backoff_ms, 0);
-  // While Redis stays away, the same reason is logged once a minute (debug otherwise).
-  const std::string line = (was_up ? "disconnected: " : "not connected: ") + why + "; retry in " +
-                           std::to_string(backoff_ms) + " ms (lookups go on with the entries held)";
-  const uint64_t now = uv_now(loop);
-  if (was_up || why != last_why || now - last_why_ms >= 60'000) {
-    last_why = why;
-    last_why_ms = now;
-    log_state(spdlog::level::warn, line);
-  } else {
-    log->debug("store {}: {}", shown, line);
-  }
-  backoff_ms = std::min(backoff_ms * 2, kBackoffMaxMs);
-  if (was_up && cb.on_state) safe("on_state", [&] { cb.on_state(false); });
-}
-
-void Store::Impl::fail_later(std::string why) {
-  if (state != State::kSyncing && state != State::kUp) return;
-  if (deferred_failure.empty()) deferred_failure = std::move(why);
-  uv_timer_start(&phase_timer->h, &on_phase_timer, 0, 0);
-}
-
-void Store::Impl::stop(std::function<void()> done) {
-  if (state == State::kStopped) return;
-  stopping = true;
-  teardown_session();
-  state = State::kStopped;
-  up = false;
-  if (down_since_s == 0) down_since_s = now_s();
-  stop_done = std::move(done);
-  closing = 0;
-  for (TimerBox* t : {phase_timer, ping_timer}) {
-    ++closing;
-    uv_close(reinterpret_cast<uv_handle_t*>(&t->h), &on_timer_closed);
-  }
-}
-
-void Store::Impl::detach() {
-  if (detached) return;
-  detached = true;
-  for (TimerBox* t : {phase_timer, ping_timer})
-    if (t) uv_unref(reinterpret_cast<uv_handle_t*>(&t->h));
-  for (Conn* c : {&cmd, &sub})
-    if (c->ac) unref_conn(c->ac);
-}
-
 void Store::Impl::unref_conn(redisAsyncContext* ac) {
   if (!detached || !ac->ev.data) return;
   // The adapter's poll handle: an unref'd handle stays so across uv_poll_start/stop.
   uv_unref(reinterpret_cast<uv_handle_t*>(&static_cast<redisLibuvEvents*>(ac->ev.data)->handle));
-}
-
-Store::Store(uv_loop_t* loop, StoreOptions opts, std::shared_ptr<spdlog::logger> log, Callbacks cb)
-    : impl_(std::make_unique<Impl>(loop, std::move(opts), std::move(log), std::move(cb))) {}
-
-Store::~Store() = default;
-
-void Store::start() {
-  impl_->start();
-}
-void Store::stop(std::function<void()> done) {
-  impl_->stop(std::move(done));
-}
-void Store::detach() {
-  impl_->detach();
-}
-bool Store::connected() const {
-  return impl_->up;
-}
-int64_t Store::disconnected_since_s() const {
-  return impl_->up ? 0 : impl_->down_since_s;
-}
-bool Store::write(const Change& c, std::string* err) {
-  return impl_->write(c, err);
-}
-uint64_t Store::write_failures() const {
-  return impl_->write_failures;
-}
-uint64_t Store::changes_received() const {
-  return impl_->changes_received;
-}
-uint64_t Store::resyncs() const {
-  return impl_->resyncs;
-}
-uint64_t Store::reconnects() const {
-  return impl_->reconnects;
-}
-uint64_t Store::malformed() const {
-  return impl_->malformed;
-}
-uint64_t Store::budget_refusals() const {
-  return impl_->budget_refusals;
 }
 
 }  // namespace spoad::agents::ip_checker

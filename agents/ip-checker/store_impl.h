@@ -1,6 +1,7 @@
 // The inside of the ip-checker's shared store (store.h), shared by its .cpp files and by
-// nothing else: the connection and its lifetimes (store_connection.cpp), the resync and the
-// subscription (store_sync.cpp), the writes (store_write.cpp). hiredis 0.14's async API on the
+// nothing else: the Store, its state and timers, failure and backoff, stop (store.cpp); the
+// connections and the callbacks of hiredis (store_connection.cpp); the resync and the
+// subscription (store_sync.cpp); the writes (store_write.cpp). hiredis 0.14's async API on the
 // worker's libuv loop. Everything runs on that loop's thread.
 #pragma once
 
@@ -19,6 +20,7 @@
 
 #include "agents/ip-checker/store.h"
 #include "util/rate_limit.h"
+#include "util/uv_handle.h"
 
 namespace spoad::agents::ip_checker {
 
@@ -86,10 +88,9 @@ struct Store::Impl {
     Op op;
     std::vector<std::string> keys;  // kMget: the keys asked, in order
   };
-  struct TimerBox {
-    uv_timer_t h;
-    Impl* impl;  // nullptr once the Store is gone
-  };
+  // The timers, on the heap: a timer closed after the Store died must not touch it.
+  using Timers = util::UvHandles<Impl>;
+  using TimerBox = Timers::Box;
   struct Resolve {
     uv_getaddrinfo_t req;
     Impl* impl;  // nullptr once cancelled
@@ -116,6 +117,7 @@ struct Store::Impl {
 
   Conn cmd{this, false};
   Conn sub{this, true};
+  Timers timers{this, &Impl::on_timer_closed};
   TimerBox* phase_timer = nullptr;  // connect timeout, retry, deferred failure
   TimerBox* ping_timer = nullptr;
   Resolve* resolve = nullptr;
@@ -134,7 +136,6 @@ struct Store::Impl {
   std::deque<Change> queued;
   bool stopping = false;  // stop() or the destructor runs
   bool detached = false;  // detach(): our handles do not keep the loop alive
-  int closing = 0;        // our handles still closing after stop()
   std::function<void()> stop_done;
 
   uint64_t write_failures = 0, changes_received = 0, resyncs = 0, reconnects = 0, malformed = 0,
@@ -148,7 +149,7 @@ struct Store::Impl {
   Impl(uv_loop_t* l, StoreOptions o, std::shared_ptr<spdlog::logger> lg, Callbacks c);
   ~Impl();
 
-  // -- logging (store_connection.cpp) --
+  // -- logging (store.cpp) --
 
   void log_state(spdlog::level::level_enum lvl, const std::string& msg);
   void skip_malformed(const char* what, std::string_view where, std::string_view bytes,
@@ -165,9 +166,15 @@ struct Store::Impl {
     }
   }
 
-  // -- connection, reconnection with backoff, PING (store_connection.cpp) --
+  // -- the timers: connect timeout and backoff, PING (store.cpp) --
 
   TimerBox* new_timer();
+  static void on_phase_timer(uv_timer_t* h);
+  static void on_ping_timer(uv_timer_t* h);
+  void on_timer_closed(TimerBox* t);
+
+  // -- the connections (store_connection.cpp) --
+
   void start();
   void attempt();
   static void on_resolved(uv_getaddrinfo_t* req, int status, addrinfo* res);
@@ -181,30 +188,32 @@ struct Store::Impl {
   static void on_disconnect(const redisAsyncContext* ac, int);
   static void on_reply(redisAsyncContext* ac, void* r, void* privdata);
   static void on_sub_reply(redisAsyncContext* ac, void* r, void*);
-  static void on_phase_timer(uv_timer_t* h);
-  static void on_ping_timer(uv_timer_t* h);
-  static void on_timer_closed(uv_handle_t* h);
   void handle_reply(Conn& c, Pending& p, redisReply* r);
   // Frees both contexts and forgets the session's work. No user callback runs.
   void teardown_session();
+  // uv_unref()s the poll handle of `ac` (hiredis' libuv adapter) when detached.
+  void unref_conn(redisAsyncContext* ac);
+
+  // -- failure and backoff, stop (store.cpp) --
+
   // The session failed: close it, retry after the backoff. Runs user callbacks (on_state) only
   // when called from a hiredis or libuv callback (write() uses fail_later).
   void fail(std::string why);
   void fail_later(std::string why);
   void stop(std::function<void()> done);
   void detach();
-  // uv_unref()s the poll handle of `ac` (hiredis' libuv adapter) when detached.
-  void unref_conn(redisAsyncContext* ac);
 
   // -- resync (SCAN + MGET) and the subscription (store_sync.cpp) --
 
-  void maybe_resync();
+  // Starts a resync once both connections are ready.
+  void resync_if_ready();
   bool over_budget(uint64_t more_entries, uint64_t more_bytes);
   // [cursor, [key...]], checked.
   static bool scan_reply(redisReply* r, std::string_view* cursor);
   void on_scan(redisReply* r);
   void on_mget(Pending& p, redisReply* r);
-  void maybe_finish_resync();
+  // Ends the resync once the SCAN is done and every MGET answered.
+  void finish_resync_if_complete();
   void handle_sub(redisReply* r);
 
   // -- writes (store_write.cpp) --

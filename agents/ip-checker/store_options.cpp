@@ -11,25 +11,6 @@ namespace spoad::agents::ip_checker {
 
 namespace store_detail {
 
-namespace {
-
-bool percent_decode(std::string_view s, std::string* out) {
-  out->clear();
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] != '%') {
-      *out += s[i];
-      continue;
-    }
-    uint8_t byte = 0;  // "%XX": two hex digits, either case
-    if (!util::hex_decode(s.substr(i + 1, 2), &byte, 1)) return false;
-    *out += static_cast<char>(byte);
-    i += 2;
-  }
-  return true;
-}
-
-}  // namespace
-
 bool parse_url(std::string_view url, Url* u, std::string* why) {
   auto starts = [&](std::string_view p) { return util::iequals(url.substr(0, p.size()), p); };
   if (starts("rediss://")) {
@@ -53,8 +34,8 @@ bool parse_url(std::string_view url, Url* u, std::string* why) {
     const size_t colon = info.find(':');
     if (colon == std::string_view::npos)
       return *why = "write the password as redis://:PASSWORD@host (or USER:PASSWORD@)", false;
-    if (!percent_decode(info.substr(0, colon), &u->user) ||
-        !percent_decode(info.substr(colon + 1), &u->password))
+    if (!util::percent_decode(info.substr(0, colon), &u->user) ||
+        !util::percent_decode(info.substr(colon + 1), &u->password))
       return *why = "bad %-escape in the user or password", false;
     if (u->password.empty()) return *why = "empty password", false;
   }

@@ -10,14 +10,14 @@ namespace spoad::agents::ip_checker {
 
 using namespace store_detail;
 
-void Store::Impl::maybe_resync() {
+void Store::Impl::resync_if_ready() {
   if (state != State::kConnecting || !cmd.ready || !sub.ready) return;
-  uv_timer_stop(&phase_timer->h);
+  uv_timer_stop(&phase_timer->u.timer);
   state = State::kSyncing;
   Resync fresh;
   std::swap(rs, fresh);
   rs.started_ms = uv_now(loop);
-  uv_timer_start(&ping_timer->h, &on_ping_timer, kPingEveryMs, kPingEveryMs);
+  uv_timer_start(&ping_timer->u.timer, &on_ping_timer, kPingEveryMs, kPingEveryMs);
   if (!send(cmd, Op::kScan, {"SCAN", "0", "MATCH", scan_pattern, "COUNT", kScanCount}))
     fail("cannot send SCAN");
 }
@@ -68,7 +68,7 @@ void Store::Impl::on_scan(redisReply* r) {
   }
   if (cursor == "0") {
     rs.scan_done = true;
-    return maybe_finish_resync();
+    return finish_resync_if_complete();
   }
   if (!send(cmd, Op::kScan,
             {"SCAN", std::string(cursor), "MATCH", scan_pattern, "COUNT", kScanCount}))
@@ -101,10 +101,10 @@ void Store::Impl::on_mget(Pending& p, redisReply* r) {
     rs.entries.push_back(std::move(e));
   }
   if (over_budget(0, bytes)) return;
-  maybe_finish_resync();
+  finish_resync_if_complete();
 }
 
-void Store::Impl::maybe_finish_resync() {
+void Store::Impl::finish_resync_if_complete() {
   if (state != State::kSyncing || !rs.scan_done || rs.mgets != 0) return;
   // SCAN may return a key twice: keep one entry per (list, prefix).
   auto key = [](const RuntimeEntry& e) {
@@ -145,7 +145,7 @@ void Store::Impl::handle_sub(redisReply* r) {
   const std::string_view kind = reply_text(r->element[0]);
   if (kind == "subscribe") {
     sub.ready = true;
-    return maybe_resync();
+    return resync_if_ready();
   }
   if (kind != "message" || r->element[2]->type != REDIS_REPLY_STRING) return;
   const std::string_view msg = reply_text(r->element[2]);

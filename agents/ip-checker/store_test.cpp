@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "agents/ip-checker/store_test_support.h"
-#include "tests/unit/test_http_server.h"
+#include "tests/support/test_loop.h"
 #include "util/log.h"
 
 namespace spoad::agents::ip_checker {

@@ -25,7 +25,8 @@
 #include <vector>
 
 #include "agents/ip-checker/entry.h"
-#include "tests/unit/test_http_server.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/test_loop.h"
 
 namespace spoad::agents::ip_checker::test {
 
@@ -93,15 +94,11 @@ class RedisServer {
  public:
   explicit RedisServer(bool appendonly = false, std::string password = "")
       : appendonly_(appendonly), password_(std::move(password)) {
-    std::string tmpl = std::string(::testing::TempDir()) + "spoad-redis-XXXXXX";
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    dir_ = tmpl;
     port_ = free_port();
   }
   ~RedisServer() {
     kill9();
     if (ctx_) redisFree(ctx_);
-    std::filesystem::remove_all(dir_);
   }
 
   int port() const { return port_; }
@@ -185,7 +182,7 @@ class RedisServer {
   bool spawn_and_wait(std::string* why) {
     std::vector<std::string> args = {redis_server_path(), "--port", std::to_string(port_)};
     args.insert(args.end(), {"--bind", "127.0.0.1", "--save", "", "--daemonize", "no"});
-    args.insert(args.end(), {"--dir", dir_, "--logfile", dir_ + "/redis.log"});
+    args.insert(args.end(), {"--dir", dir_.path(), "--logfile", dir_.file("redis.log")});
     args.insert(args.end(), {"--appendonly", appendonly_ ? "yes" : "no"});
     args.insert(args.end(), {"--appendfsync", "always"});
     if (!password_.empty()) args.insert(args.end(), {"--requirepass", password_});
@@ -221,7 +218,7 @@ class RedisServer {
     return false;
   }
   std::string log_text() const {
-    std::ifstream f(dir_ + "/redis.log");
+    std::ifstream f(dir_.file("redis.log"));
     std::stringstream ss;
     ss << f.rdbuf();
     return ss.str();
@@ -229,7 +226,7 @@ class RedisServer {
 
   bool appendonly_;
   std::string password_;
-  std::string dir_;
+  spoad::testing::TempDir dir_;
   int port_ = 0;
   pid_t pid_ = -1;
   bool started_ = false;  // answered once (a restart keeps the port)

@@ -1,16 +1,13 @@
 // Helpers shared by the ip-checker's unit tests (gtest): addresses and prefixes from text, and
-// a temporary directory for list files.
+// a temporary directory for list files (tests/support/temp_dir.h).
 #pragma once
 
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
-#include <stdexcept>
 #include <string>
 
 #include "agents/ip-checker/address.h"
+#include "tests/support/temp_dir.h"
 
 namespace spoad::agents::ip_checker::test {
 
@@ -28,33 +25,6 @@ inline Prefix P(const std::string& s) {
   return p;
 }
 
-// A fresh directory under $TMPDIR (else /tmp), removed with its content by the destructor.
-class TempDir {
- public:
-  TempDir() {
-    const char* t = std::getenv("TMPDIR");
-    std::string tmpl = std::string(t && *t ? t : "/tmp") + "/ipc-test-XXXXXX";
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-  // Writes in place (truncate and write), as `cat > file` does.
-  std::string write(const std::string& name, const std::string& content) const {
-    std::ofstream(file(name), std::ios::binary) << content;
-    return file(name);
-  }
-  // Writes a new file and renames it over `name`, as editors and sed -i do.
-  std::string replace(const std::string& name, const std::string& content) const {
-    const std::string tmp = file("." + name + ".tmp");
-    std::ofstream(tmp, std::ios::binary) << content;
-    std::filesystem::rename(tmp, file(name));
-    return file(name);
-  }
-
- private:
-  std::string path_;
-};
+using spoad::testing::TempDir;
 
 }  // namespace spoad::agents::ip_checker::test

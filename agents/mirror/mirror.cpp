@@ -1,6 +1,7 @@
 #include "agents/mirror/mirror.h"
 
 #include <algorithm>
+#include <memory>
 #include <string_view>
 
 #include "http/curl_loop.h"
@@ -76,14 +77,16 @@ const char* failure_name(Failure f) {
   return "other";
 }
 
+// http://host[:port][/prefix] or https://..., checked by libcurl's URL parser (host, port,
+// bytes: what CURLOPT_URL would refuse at each replay). In front of it, what curl would let
+// pass: another scheme or one in capitals, "http:///h" (curl reads "h" as the host), a query
+// or fragment (even an empty one), and a NUL (curl reads a C string).
 bool valid_base_url(const std::string& u) {
-  const size_t sep = u.find("://");
-  if (sep == std::string::npos) return false;
-  const std::string scheme = u.substr(0, sep);
-  if (scheme != "http" && scheme != "https") return false;
-  const std::string rest = u.substr(sep + 3);
-  if (rest.empty() || rest.front() == '/') return false;  // no host
-  return rest.find_first_of("?# \t\r\n") == std::string::npos;
+  const size_t host = u.starts_with("http://") ? 7 : u.starts_with("https://") ? 8 : 0;
+  if (host == 0 || host == u.size() || u[host] == '/') return false;
+  if (u.find_first_of(std::string_view("?#\0", 3)) != std::string::npos) return false;
+  const std::unique_ptr<CURLU, void (*)(CURLU*)> h(curl_url(), &curl_url_cleanup);
+  return h && curl_url_set(h.get(), CURLUPART_URL, u.c_str(), 0) == CURLUE_OK;
 }
 
 std::unique_ptr<agent::AgentOptions> parse(config::Options& o) {
@@ -426,16 +429,16 @@ void MirrorAgent::finish(Replay* r, CURLcode result, long status) {
   curl_easy_reset(r->easy);
   idle_easy_.push_back(r->easy);
   delete r;
-  maybe_stopped();
+  finish_stop_if_idle();
 }
 
 void MirrorAgent::stop(std::function<void()> done) {
   stopping_ = true;
   stop_done_ = std::move(done);
-  maybe_stopped();
+  finish_stop_if_idle();
 }
 
-void MirrorAgent::maybe_stopped() {
+void MirrorAgent::finish_stop_if_idle() {
   if (!stopping_ || !stop_done_ || !replays_.empty()) return;
   std::function<void()> done = std::move(stop_done_);
   stop_done_ = nullptr;
@@ -448,26 +451,11 @@ void MirrorAgent::maybe_stopped() {
 
 void MirrorAgent::stats(nlohmann::json& out) const {
   const Stats& s = stats_;
-  out["messages"] = s.messages;
-  out["bad_messages"] = s.bad_messages.get();
-  out["replays_started"] = s.replays_started;
-  out["sent"] = s.sent;
-  out["failed_connect"] = s.failed_connect.get();
-  out["failed_timeout"] = s.failed_timeout.get();
-  out["failed_tls"] = s.failed_tls.get();
-  out["failed_other"] = s.failed_other;
-  out["dropped_limit"] = s.dropped_limit.get();
-  out["dropped_sampling"] = s.dropped_sampling.get();
-  out["dropped_body_too_big"] = s.dropped_body_too_big.get();
-  out["dropped_body_incomplete"] = s.dropped_body_incomplete.get();
-  out["dropped_stopping"] = s.dropped_stopping.get();
+  SPOAD_MIRROR_STATS(SPOAD_JSON_PUT)
   out["responses_other"] = s.responses[0];
   for (int c = 1; c <= 5; ++c)
     out["responses_" + std::to_string(c) + "xx"] = s.responses[c];
-  out["in_flight"] = s.in_flight.get();
-  out["in_flight_max"] = s.in_flight_max;
   out["latency_avg_us"] = s.sent ? s.latency_sum_us / s.sent : 0;
-  out["latency_max_us"] = s.latency_max_us;
 }
 
 }  // namespace spoad::agents::mirror

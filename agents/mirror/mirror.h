@@ -33,6 +33,7 @@
 #include "agent/registry.h"
 #include "agents/mirror/request.h"
 #include "metrics/arena.h"
+#include "metrics/counter_list.h"
 #include "util/rate_limit.h"
 
 namespace spoad::http {
@@ -59,30 +60,35 @@ struct MirrorOptions : agent::AgentOptions {
   std::string ca_file;  // empty: the system's CA store
 };
 
+// Counters, per worker (`show stat json`, each under its field's name; metrics/counter_list.h).
+// A replay is one message to one target. The metrics:: handles are also Prometheus series
+// of the worker's arena (README.md, "Metrics"), registered in the constructor: they read
+// like integers. X(field, type):
+#define SPOAD_MIRROR_STATS(X)                                                                    \
+  X(messages, uint64_t)                     /* messages named `message` */                       \
+  X(bad_messages, metrics::Counter)         /* nothing replayed (bad or missing arguments) */    \
+  X(replays_started, uint64_t)              /* handed to curl */                                 \
+  X(sent, uint64_t)                         /* replays that got an HTTP response (any status) */ \
+  X(failed_connect, metrics::Counter)       /* could not resolve or connect */                   \
+  X(failed_timeout, metrics::Counter)       /* connect-timeout or replay-timeout */              \
+  X(failed_tls, metrics::Counter)           /* TLS handshake or certificate */                   \
+  X(failed_other, uint64_t)                 /* sent, but no valid response (reset, ...) */       \
+  X(dropped_limit, metrics::Counter)        /* max-replays in flight already */                  \
+  X(dropped_sampling, metrics::Counter)     /* left out by the target's sampling */              \
+  X(dropped_body_too_big, metrics::Counter) /* body above max-body */                            \
+  X(dropped_body_incomplete, metrics::Counter) /* fewer body bytes than Content-Length */        \
+  X(dropped_stopping, metrics::Counter)        /* arrived during a soft-stop */                  \
+  X(in_flight, metrics::Gauge)                 /* now */                                         \
+  X(in_flight_max, uint64_t)                   /* highest since start */                         \
+  X(latency_max_us, uint64_t)                  /* replays that got a response: start to end */
+
 class MirrorAgent : public agent::Agent {
  public:
-  // Counters, per worker (`show stat json`). A replay is one message to one target. The
-  // metrics:: handles are also Prometheus series of the worker's arena (README.md, "Metrics"),
-  // registered in the constructor: they read like integers.
+  // The counters of SPOAD_MIRROR_STATS, and two shown otherwise.
   struct Stats {
-    uint64_t messages = 0;                     // messages named `message`
-    metrics::Counter bad_messages;             // nothing replayed (bad or missing arguments)
-    uint64_t replays_started = 0;              // handed to curl
-    uint64_t sent = 0;                         // replays that got an HTTP response (any status)
-    metrics::Counter failed_connect;           // could not resolve or connect
-    metrics::Counter failed_timeout;           // connect-timeout or replay-timeout
-    metrics::Counter failed_tls;               // TLS handshake or certificate
-    uint64_t failed_other = 0;                 // sent, but no valid response (reset, garbage, ...)
-    metrics::Counter dropped_limit;            // max-replays in flight already
-    metrics::Counter dropped_sampling;         // left out by the target's sampling
-    metrics::Counter dropped_body_too_big;     // body above max-body
-    metrics::Counter dropped_body_incomplete;  // fewer body bytes than Content-Length announced
-    metrics::Counter dropped_stopping;         // arrived during a soft-stop
-    uint64_t responses[6] = {};                // by status class: [1] 1xx .. [5] 5xx, [0] other
-    metrics::Gauge in_flight;                  // now
-    uint64_t in_flight_max = 0;                // highest since start
-    uint64_t latency_sum_us = 0;               // replays that got a response: start to completion
-    uint64_t latency_max_us = 0;
+    SPOAD_MIRROR_STATS(SPOAD_JSON_FIELD)
+    uint64_t responses[6] = {};   // by status class: [1] 1xx .. [5] 5xx, [0] other
+    uint64_t latency_sum_us = 0;  // replays that got a response: start to completion
   };
 
   MirrorAgent(const agent::Context& ctx, const MirrorOptions& opts);
@@ -109,7 +115,8 @@ class MirrorAgent : public agent::Agent {
   // Counts a response of status class `cls` (0 other, 1 1xx .. 5 5xx) or a failure "other".
   void count_response(int cls);
   void count_other_failure();
-  void maybe_stopped();
+  // Once stop() was called and no replay runs: closes curl, then calls stop()'s `done`.
+  void finish_stop_if_idle();
 
   agent::Context ctx_;
   const MirrorOptions& opts_;

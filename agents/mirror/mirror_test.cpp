@@ -1,5 +1,5 @@
 // Unit tests of the mirror agent on a real libuv loop, replaying to a real HTTP server
-// (tests/unit/test_http_server.h): what the target receives, bounds, failures, options.
+// (tests/support/test_http_server.h): what the target receives, bounds, failures, options.
 #include "agents/mirror/mirror.h"
 
 #include <gtest/gtest.h>
@@ -17,10 +17,11 @@
 
 #include "agent/registry.h"
 #include "metrics/arena.h"
-#include "spop/reader.h"
 #include "spop/varint.h"
 #include "spop/writer.h"
-#include "tests/unit/test_http_server.h"
+#include "tests/support/spop_message.h"
+#include "tests/support/test_http_server.h"
+#include "tests/support/test_loop.h"
 #include "util/log.h"
 
 namespace spoad::agents::mirror {
@@ -30,10 +31,6 @@ using spoad::testing::run_for;
 using spoad::testing::run_until;
 using spoad::testing::TestHttpServer;
 using spoad::testing::TestLoop;
-
-struct Owner : agent::Reply::Owner {
-  void on_reply_complete(agent::Reply&) override {}
-};
 
 std::string hdrs_bin(const std::vector<std::pair<std::string, std::string>>& hs) {
   std::vector<uint8_t> buf;
@@ -73,15 +70,11 @@ class Mirror {
   }
   // Sends one `mirror` message; returns the size of the ACK's actions (always 0 expected).
   size_t send(const std::vector<spop::KV>& args, const std::string& name = "mirror") {
-    std::vector<uint8_t> buf;
-    spop::Writer w(buf);
-    w.message(name, args);
-    spop::Reader r(spop::Bytes(buf.data(), buf.size()));
-    spop::Message m;
-    EXPECT_TRUE(r.message(&m));
+    const spoad::testing::EncodedMessage m(name, args);
+    EXPECT_TRUE(m.ok());
     agent::Reply reply;
     reply.reset(&owner_, 1, 1);
-    agent_->on_message(m, reply);
+    agent_->on_message(m.get(), reply);
     return reply.actions().size();
   }
   MirrorAgent& agent() { return *agent_; }
@@ -96,7 +89,7 @@ class Mirror {
 
  private:
   std::unique_ptr<MirrorOptions> opts_;
-  Owner owner_;
+  spoad::testing::CountingOwner owner_;
   std::unique_ptr<MirrorAgent> agent_;
 };
 
@@ -487,6 +480,17 @@ TEST(MirrorOptions, ErrorsNameTheKey) {
             std::string::npos);
   EXPECT_NE(err("targets:\n  - url: http://x\n    weight: 1\n").find("weight"), std::string::npos);
   EXPECT_EQ(err("targets:\n  - url: https://x:8443/p/\nhttp-version: 2\nmax-body: 4m\n"), "");
+  // Target URLs: http or https in small letters, a host, no query or fragment, and nothing
+  // libcurl's URL parser refuses (it would refuse it at every replay).
+  for (const char* url : {"http://[::1]:8080/p", "https://u:p@x.example/a/b/", "http://x:1",
+                          "http://10.0.0.1/%41/../b"})
+    EXPECT_EQ(err(std::string("targets:\n  - url: \"") + url + "\"\n"), "") << url;
+  for (const char* url : {"HTTP://x", "https:x", "http:/x", "http:///x", "http://", "http://x#f",
+                          "http://x/?", "http://x/a b", "http://x/\\x01", "http://x:99999/",
+                          "http://x:port/", "http://[::1/", "ws://x/"})
+    EXPECT_NE(err(std::string("targets:\n  - url: \"") + url + "\"\n").find("url"),
+              std::string::npos)
+        << url;
 }
 
 }  // namespace

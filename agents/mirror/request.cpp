@@ -1,6 +1,9 @@
 #include "agents/mirror/request.h"
 
+#include <curl/curl.h>
+
 #include <cstdint>
+#include <memory>
 
 #include "spop/varint.h"
 #include "util/text.h"
@@ -109,28 +112,43 @@ std::string decode_hdrs_text(std::string_view in, std::vector<Header>* out) {
 }
 
 bool request_target(std::string_view url, std::string* out) {
+  // curl_url() refuses these too, but origin-form and "*" do not go through it.
   for (char c : url)
     if (c == '\r' || c == '\n' || c == '\0' || c == ' ' || c == '\t') return false;
+  // origin-form and asterisk-form (RFC 9112 3.2.1, 3.2.4) go as they are: curl_url() parses
+  // only absolute URLs, and nothing in them needs reducing.
   if (url == "*" || (!url.empty() && url.front() == '/')) {
     *out = url;
     return true;
   }
-  // absolute-form: scheme "://" authority [ path-abempty ] [ "?" query ]
+  // absolute-form (RFC 9112 3.2.2): scheme "://" authority [path-abempty] ["?" query]. curl
+  // takes "http:/h/x" (one slash) and reads "http:///x" as host "x" with path "/": require
+  // "://" and a non-empty authority first (RFC 9110 4.2.1: an empty host is invalid).
   const size_t sep = url.find("://");
-  if (sep == std::string_view::npos || sep == 0) return false;
-  for (char c : url.substr(0, sep))
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' ||
-          c == '-' || c == '.'))
-      return false;
-  const std::string_view rest = url.substr(sep + 3);
-  const size_t path = rest.find_first_of("/?#");
-  if (path == std::string_view::npos || rest[path] == '#') {
-    *out = "/";
-    return true;
+  if (sep == std::string_view::npos || sep == 0 || sep + 3 == url.size() ||
+      std::string_view("/?#").find(url[sep + 3]) != std::string_view::npos)
+    return false;
+  // One parse: any scheme, the path as sent (no dot-segment removal, no re-encoding). curl
+  // checks the scheme, the authority (port, host, IPv6 brackets) and refuses the other control
+  // bytes and inputs over 8,000,000 bytes. The fragment is dropped: it is no part of a
+  // request-target, and curl would not send it.
+  const std::unique_ptr<CURLU, void (*)(CURLU*)> h(curl_url(), &curl_url_cleanup);
+  if (!h) return false;
+  const std::string z(url);  // curl wants a C string
+  if (curl_url_set(h.get(), CURLUPART_URL, z.c_str(),
+                   CURLU_NON_SUPPORT_SCHEME | CURLU_PATH_AS_IS) != CURLUE_OK)
+    return false;
+  char* path = nullptr;
+  char* query = nullptr;
+  const bool ok = curl_url_get(h.get(), CURLUPART_PATH, &path, 0) == CURLUE_OK;
+  const bool has_query = curl_url_get(h.get(), CURLUPART_QUERY, &query, 0) == CURLUE_OK;
+  if (ok) {
+    *out = path;                                    // "/" when the URL has none
+    if (has_query) out->append("?").append(query);  // "http://h/a?" keeps its empty query
   }
-  *out = rest[path] == '?' ? "/" : "";  // "http://h?x": an empty path means "/"
-  out->append(rest.substr(path));
-  return true;
+  curl_free(path);
+  curl_free(query);
+  return ok;
 }
 
 bool is_hop_by_hop(std::string_view n) {

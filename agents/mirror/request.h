@@ -33,10 +33,14 @@ std::string decode_hdrs_bin(std::string_view in, std::vector<Header>* out);
 // success, else what is wrong (a line without ':', a bad name, a NUL or CR in a value).
 std::string decode_hdrs_text(std::string_view in, std::vector<Header>* out);
 
-// The part of request-target `url` that goes to the mirror: origin-form as it is; absolute-form
-// loses its scheme and authority ("https://h/a?b" -> "/a?b", "http://h?x" -> "/?x",
-// "http://h" -> "/"); "*" stays "*". Returns false for anything else (authority-form of
-// CONNECT, an empty target, a relative reference, a CR, LF, NUL or space in it).
+// The part of request-target `url` (bytes) that goes to the mirror: origin-form as it is;
+// absolute-form (any scheme) loses its scheme, authority and fragment, keeping path and query
+// byte for byte ("https://h/a?b" -> "/a?b", "http://h?x" -> "/?x", "http://h" -> "/",
+// "http://h/a/../b" -> "/a/../b"); "*" stays "*". Returns false for anything else: a CR, LF,
+// NUL, space or tab anywhere; authority-form of CONNECT, an empty target, a relative
+// reference; an absolute-form target that libcurl's URL parser refuses (an empty or invalid
+// host, a port over 65535, another control byte, more than 8,000,000 bytes). RFC 9112 3.2.
+// One curl_url() parse for absolute-form, none otherwise.
 bool request_target(std::string_view url, std::string* out);
 
 // True for the headers that apply to one connection and never go to the mirror

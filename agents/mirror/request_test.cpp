@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "spop/varint.h"
@@ -110,6 +112,63 @@ TEST(RequestTarget, OriginAbsoluteAndAsteriskForms) {
   for (const char* bad :
        {"", "example.com:443", "a/b", "://x/y", "/a b", "/a\r\nX: y", "ht tp://h/"})
     EXPECT_FALSE(request_target(bad, &t)) << bad;
+}
+
+// The path and query of absolute-form go byte for byte: no dot-segment removal, no
+// re-encoding, any scheme; the fragment (never part of a request-target) is dropped.
+TEST(RequestTarget, AbsoluteFormKeepsPathAndQueryBytes) {
+  using namespace std::string_view_literals;
+  std::string t;
+  const std::pair<std::string_view, std::string_view> cases[] = {
+      {"http://h/a/./../b", "/a/./../b"},
+      {"http://h/%2f%aa%ZZ?%20+&x", "/%2f%aa%ZZ?%20+&x"},
+      {"http://h/\xc3\xa9?\xff\x80", "/\xc3\xa9?\xff\x80"},
+      {"http://h/a?", "/a?"},
+      {"http://h?", "/?"},
+      {"http://h/a?b?c", "/a?b?c"},
+      {"http://h/a?b#frag", "/a?b"},
+      {"http://h#frag", "/"},
+      {"foo+bar.1-x://h/x", "/x"},
+      {"HTTP://H:8080/x", "/x"},
+      {"http://u:p%41ss@h/x;p", "/x;p"},
+      {"http://h/{x}|^`\"<>", "/{x}|^`\"<>"},
+  };
+  for (const auto& [in, want] : cases) {
+    ASSERT_TRUE(request_target(in, &t)) << in;
+    EXPECT_EQ(t, want) << in;
+  }
+  // origin-form is not parsed: every byte but CR, LF, NUL, space and tab passes as it is.
+  ASSERT_TRUE(request_target("/a#f/../\xff\x01", &t));
+  EXPECT_EQ(t, "/a#f/../\xff\x01");
+}
+
+TEST(RequestTarget, RefusesControlBytesEmptyAuthorityAndBadAuthority) {
+  using namespace std::string_view_literals;
+  std::string t = "unchanged";
+  for (std::string_view bad :
+       {"/a\0b"sv, "http://h/a\0b"sv, "\0"sv, "http://h/a\tb"sv, "http://h/a\rb"sv,
+        "http://h/a\nb"sv, "http://h/a\x01"sv, "http://h/a\x7f"sv, "http://h/a?b\x1b"sv,
+        // an empty authority (curl would read "x" as the host), one slash, no slash
+        "http:///x"sv, "http://"sv, "http://?q"sv, "http://#f"sv, "foo:///x"sv, "http:/h/x"sv,
+        "http:h/x"sv,
+        // what curl's URL parser refuses in the authority
+        "http://h:99999/x"sv, "http://[::1/x"sv, "http://a@b@c/x"sv, "http://h\\x/y"sv})
+    EXPECT_FALSE(request_target(bad, &t)) << bad;
+  EXPECT_EQ(t, "unchanged");
+}
+
+TEST(RequestTarget, MegabyteTargets) {
+  std::string t;
+  const std::string path = "/" + std::string(3 << 20, 'a') + "?q=" + std::string(1 << 20, 'b');
+  ASSERT_TRUE(request_target(path, &t));
+  EXPECT_EQ(t, path);
+  ASSERT_TRUE(request_target("http://h" + path, &t));
+  EXPECT_EQ(t, path);
+  // libcurl's URL parser takes at most 8,000,000 bytes.
+  EXPECT_FALSE(request_target("http://h/" + std::string(8'000'000, 'a'), &t));
+  // A CR far into a long target is still found.
+  EXPECT_FALSE(request_target(path + "\r", &t));
+  EXPECT_FALSE(request_target("http://h" + path + "\n", &t));
 }
 
 std::vector<Header> H(const std::vector<std::pair<std::string_view, std::string_view>>& v) {

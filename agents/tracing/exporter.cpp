@@ -9,6 +9,7 @@
 #include "agents/tracing/file_sink.h"
 #include "agents/tracing/http_sink.h"
 #include "agents/tracing/otlp_request.h"
+#include "util/clock.h"
 #include "util/escape.h"
 #include "util/log.h"
 
@@ -18,19 +19,7 @@ namespace {
 
 constexpr size_t kMaxHttpInFlight = 2;  // export requests at once (retry waits included)
 
-uint64_t now_ms_hr() {
-  return uv_hrtime() / 1'000'000;
-}
-
 }  // namespace
-
-// Allocated with new; freed by on_timer_closed(), which may run after the exporter is gone.
-struct SpanExporter::Timer {
-  SpanExporter* self = nullptr;  // nulled when the exporter is destroyed first
-  void (SpanExporter::*fn)() = nullptr;
-  bool closing = false;
-  uv_timer_t t;
-};
 
 // One HTTP export, kept across its retries.
 struct SpanExporter::Batch {
@@ -78,14 +67,7 @@ SpanExporter::SpanExporter(uv_loop_t* loop, ExporterOptions opts,
 SpanExporter::~SpanExporter() {
   closing_ = true;  // callbacks from now on only free memory
   stop_done_ = nullptr;
-  for (Timer* t : timers_) {
-    t->self = nullptr;
-    if (!t->closing) {
-      t->closing = true;
-      uv_close(reinterpret_cast<uv_handle_t*>(&t->t), &SpanExporter::on_timer_closed);
-    }
-  }
-  timers_.clear();
+  timers_.close_all();  // timers_' destructor makes their close callbacks forget this object
   if (http_) http_->close([] {});  // cancels the requests in flight (their callbacks see closing_)
   batches_.clear();
   http_.reset();
@@ -93,37 +75,25 @@ SpanExporter::~SpanExporter() {
 }
 
 SpanExporter::Timer* SpanExporter::make_timer(void (SpanExporter::*fn)()) {
-  auto* t = new Timer;
-  t->self = this;
-  t->fn = fn;
-  t->t.data = t;
-  uv_timer_init(loop_, &t->t);
-  timers_.push_back(t);
+  Timer* t = timers_.make();
+  t->extra = fn;
+  uv_timer_init(loop_, &t->u.timer);  // cannot fail
   return t;
 }
 
 void SpanExporter::close_timer(Timer*& t) {
   if (!t) return;
-  if (!t->closing) {
-    t->closing = true;
-    uv_close(reinterpret_cast<uv_handle_t*>(&t->t), &SpanExporter::on_timer_closed);
-  }
+  timers_.close(t);
   t = nullptr;
 }
 
 void SpanExporter::on_timer(uv_timer_t* h) {
-  auto* t = static_cast<Timer*>(h->data);
-  if (t->self && !t->closing) (t->self->*(t->fn))();
+  Timer* t = Timer::from(h);
+  if (t->live()) (t->owner()->*(t->extra))();
 }
 
-void SpanExporter::on_timer_closed(uv_handle_t* h) {
-  auto* t = static_cast<Timer*>(h->data);
-  SpanExporter* self = t->self;
-  if (self)
-    self->timers_.erase(std::remove(self->timers_.begin(), self->timers_.end(), t),
-                        self->timers_.end());
-  delete t;
-  if (self) self->maybe_finished();
+void SpanExporter::on_timer_closed(Timer*) {
+  finish_stop_if_closed();
 }
 
 bool SpanExporter::enqueue(std::string span_json) {
@@ -184,7 +154,7 @@ bool SpanExporter::slot_free() const {
 void SpanExporter::schedule() {
   if (!flush_timer_ || closing_) return;
   if (queue_.empty() || !slot_free()) {
-    uv_timer_stop(&flush_timer_->t);
+    uv_timer_stop(&flush_timer_->u.timer);
     return;
   }
   uint64_t delay = 0;
@@ -193,7 +163,7 @@ void SpanExporter::schedule() {
     const uint64_t due = queue_.front().t_ms + opts_.flush_interval_ms;
     delay = due > now ? due - now : 0;
   }
-  uv_timer_start(&flush_timer_->t, &SpanExporter::on_timer, delay, 0);
+  uv_timer_start(&flush_timer_->u.timer, &SpanExporter::on_timer, delay, 0);
 }
 
 void SpanExporter::pump() {
@@ -206,7 +176,7 @@ void SpanExporter::pump() {
     send_batch(std::min(queue_.size(), opts_.max_batch));
   }
   schedule();
-  maybe_done();
+  close_when_drained();
 }
 
 std::string SpanExporter::build_body(size_t n, Held* taken) {
@@ -312,7 +282,7 @@ void SpanExporter::on_http_done(Batch* b, int result, long status) {
     }
   }
   schedule();
-  maybe_done();
+  close_when_drained();
 }
 
 void SpanExporter::retry_later(Batch* b, uint64_t delay_ms) {
@@ -334,9 +304,9 @@ void SpanExporter::on_retry_timer() {
       next = std::min(next, b->retry_at_ms);
   }
   if (next != UINT64_MAX)
-    uv_timer_start(&retry_timer_->t, &SpanExporter::on_timer, next - now, 0);
+    uv_timer_start(&retry_timer_->u.timer, &SpanExporter::on_timer, next - now, 0);
   else
-    uv_timer_stop(&retry_timer_->t);
+    uv_timer_stop(&retry_timer_->u.timer);
   for (Batch* b : due)
     start_http(b);
 }
@@ -372,11 +342,11 @@ void SpanExporter::on_file_done(const Held& h, uint64_t started_ns, int error, c
          std::strerror(error) + "; " + std::to_string(h.spans) + " spans dropped");
   }
   if (closing_) {
-    maybe_finished();
+    finish_stop_if_closed();
     return;
   }
   schedule();
-  maybe_done();
+  close_when_drained();
 }
 
 bool SpanExporter::file_busy() const {
@@ -402,7 +372,7 @@ void SpanExporter::note_latency(uint64_t ms) {
 }
 
 void SpanExporter::warn(const std::string& msg) {
-  if (!log_limiter_.allow(loop_ ? uv_now(loop_) : now_ms_hr())) return;
+  if (!log_limiter_.allow(loop_ ? uv_now(loop_) : util::monotonic_ms())) return;
   const uint64_t n = log_limiter_.take_suppressed();
   if (n)
     log_->warn("{} ({} similar messages suppressed)", msg, n);
@@ -421,15 +391,15 @@ void SpanExporter::stop(std::function<void()> done) {
     return;
   }
   stop_timer_ = make_timer(&SpanExporter::on_stop_deadline);
-  uv_timer_start(&stop_timer_->t, &SpanExporter::on_timer, opts_.timeout_ms, 0);
+  uv_timer_start(&stop_timer_->u.timer, &SpanExporter::on_timer, opts_.timeout_ms, 0);
   // Batches waiting for a retry go now; queued spans leave without waiting for the interval.
   for (auto& b : batches_)
     if (b->waiting) b->retry_at_ms = uv_now(loop_);
-  if (retry_timer_) uv_timer_start(&retry_timer_->t, &SpanExporter::on_timer, 0, 0);
+  if (retry_timer_) uv_timer_start(&retry_timer_->u.timer, &SpanExporter::on_timer, 0, 0);
   pump();
 }
 
-void SpanExporter::maybe_done() {
+void SpanExporter::close_when_drained() {
   if (!stopping_ || closing_) return;
   if (!queue_.empty() || !batches_.empty() || file_busy()) return;
   close_all();
@@ -468,13 +438,13 @@ void SpanExporter::close_all() {
     http_->close([this, alive] {
       if (alive.expired()) return;
       http_closed_ = true;
-      maybe_finished();
+      finish_stop_if_closed();
     });
   }
-  maybe_finished();
+  finish_stop_if_closed();
 }
 
-void SpanExporter::maybe_finished() {
+void SpanExporter::finish_stop_if_closed() {
   if (!closing_ || finished_ || !stopping_) return;
   if (!timers_.empty() || (http_ && !http_closed_) || file_busy()) return;
   finished_ = true;

@@ -42,28 +42,42 @@
 
 #include "agents/tracing/exporter_options.h"
 #include "metrics/arena.h"
+#include "metrics/counter_list.h"
 #include "util/rate_limit.h"
+#include "util/uv_handle.h"
 
 namespace spoad::agents::tracing {
 
 class HttpSink;
 class FileSink;
 
+// A snapshot of the exporter's figures (stats()), each declared once here with its key in
+// the tracing agent's `show stat json` (metrics/counter_list.h). X(field, type, key):
+#define SPOAD_EXPORTER_STATS(X)                                                           \
+  /* spans accepted by enqueue(); the receiver accepted (2xx) or written to the file */   \
+  X(enqueued, uint64_t, "spans_enqueued")                                                 \
+  X(exported, uint64_t, "spans_exported")                                                 \
+  /* spans refused by enqueue() (queue full, or stopped), of which for max_queue_bytes */ \
+  X(dropped, uint64_t, "spans_dropped")                                                   \
+  X(dropped_bytes, uint64_t, "spans_dropped_bytes")                                       \
+  /* accepted spans lost later: rejected batch, stop timeout */                           \
+  X(failed_spans, uint64_t, "spans_failed")                                               \
+  /* batches dropped: non-retryable status, write error */                                \
+  X(failed_exports, uint64_t, "export_failures")                                          \
+  /* HTTP requests (retries included) or file writes; requests that were retries */       \
+  X(export_requests, uint64_t, "export_requests")                                         \
+  X(retries, uint64_t, "export_retries")                                                  \
+  /* spans in memory now (waiting, in flight, in retry), their encoded size in bytes */   \
+  X(queued, uint64_t, "spans_queued")                                                     \
+  X(queued_bytes, uint64_t, "spans_queued_bytes")                                         \
+  /* request start to completion, successful requests */                                  \
+  X(export_latency_avg_ms, uint64_t, "export_latency_avg_ms")                             \
+  X(export_latency_max_ms, uint64_t, "export_latency_max_ms")
+
 class SpanExporter {
  public:
   struct Stats {
-    uint64_t enqueued = 0;               // spans accepted by enqueue()
-    uint64_t exported = 0;               // spans the receiver accepted (2xx) or written to the file
-    uint64_t dropped = 0;                // spans refused by enqueue() (queue full, or stopped)
-    uint64_t dropped_bytes = 0;          // of which refused for max_queue_bytes
-    uint64_t failed_spans = 0;           // accepted spans lost later: rejected batch, stop timeout
-    uint64_t failed_exports = 0;         // batches dropped: non-retryable status, write error
-    uint64_t export_requests = 0;        // HTTP requests (retries included) or file writes
-    uint64_t retries = 0;                // requests that were retries
-    uint64_t queued = 0;                 // spans in memory now (waiting, in flight, in retry)
-    uint64_t queued_bytes = 0;           // their encoded size in bytes
-    uint64_t export_latency_avg_ms = 0;  // request start to completion, successful requests
-    uint64_t export_latency_max_ms = 0;
+    SPOAD_EXPORTER_STATS(SPOAD_JSON_FIELD_AS)
   };
 
   // `loop` may be nullptr (configuration check): the exporter then touches no loop, refuses
@@ -106,7 +120,10 @@ class SpanExporter {
     size_t bytes = 0;
   };
   struct Batch;
-  struct Timer;
+  // The timers, on the heap: a timer closed after the exporter died must not touch it.
+  // Each timer's extra is the method it calls.
+  using Timers = util::UvHandles<SpanExporter, void (SpanExporter::*)()>;
+  using Timer = Timers::Box;
 
   bool slot_free() const;
   void schedule();
@@ -125,8 +142,10 @@ class SpanExporter {
   void on_stop_deadline();
   void close_all();
   bool file_busy() const;
-  void maybe_done();
-  void maybe_finished();
+  // Closes everything once stop() was called and nothing is queued or in flight.
+  void close_when_drained();
+  // Calls stop()'s `done` once everything is closed.
+  void finish_stop_if_closed();
   void note_latency(uint64_t ms);
   // Counts a completed export request (`outcome` one of Series' req_*) and its duration.
   void note_request(metrics::Counter& outcome, uint64_t started_ns);
@@ -136,7 +155,7 @@ class SpanExporter {
   Timer* make_timer(void (SpanExporter::*fn)());
   void close_timer(Timer*& t);
   static void on_timer(uv_timer_t* t);
-  static void on_timer_closed(uv_handle_t* h);
+  void on_timer_closed(Timer* t);
 
   uv_loop_t* loop_;
   ExporterOptions opts_;
@@ -146,14 +165,14 @@ class SpanExporter {
   std::shared_ptr<int> token_;  // callbacks that may outlive the exporter hold a weak_ptr
 
   std::deque<Queued> queue_;
-  Held held_;                                    // in memory: queue_ plus every batch
-  std::vector<std::unique_ptr<Batch>> batches_;  // in flight or waiting for a retry
-  std::unique_ptr<HttpSink> http_;               // Kind::kOtlpHttp
-  std::unique_ptr<FileSink> file_;               // Kind::kFile
+  Held held_;                                            // in memory: queue_ plus every batch
+  std::vector<std::unique_ptr<Batch>> batches_;          // in flight or waiting for a retry
+  std::unique_ptr<HttpSink> http_;                       // Kind::kOtlpHttp
+  std::unique_ptr<FileSink> file_;                       // Kind::kFile
+  Timers timers_{this, &SpanExporter::on_timer_closed};  // not yet freed (closing ones too)
   Timer* flush_timer_ = nullptr;
   Timer* retry_timer_ = nullptr;
   Timer* stop_timer_ = nullptr;
-  std::vector<Timer*> timers_;  // not yet freed (closing ones too)
 
   bool stopping_ = false;  // stop() called
   bool closing_ = false;   // closing the handles; nothing new starts

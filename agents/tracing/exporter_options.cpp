@@ -13,23 +13,6 @@ namespace spoad::agents::tracing {
 
 namespace {
 
-// "%2C" -> ","; false on a malformed escape.
-bool percent_decode(std::string_view in, std::string* out) {
-  out->clear();
-  for (size_t i = 0; i < in.size(); ++i) {
-    if (in[i] != '%') {
-      *out += in[i];
-      continue;
-    }
-    if (i + 2 >= in.size()) return false;
-    const int hi = util::hex_digit(in[i + 1]), lo = util::hex_digit(in[i + 2]);
-    if (hi < 0 || lo < 0) return false;
-    *out += static_cast<char>(hi * 16 + lo);
-    i += 2;
-  }
-  return true;
-}
-
 // "k=v,k2=v2" as OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADERS write it (W3C
 // baggage without properties): entries trimmed, keys and values percent-decoded, empty
 // entries skipped. False (with `error`) on an entry without "=", an empty key or a bad escape.
@@ -42,8 +25,9 @@ bool parse_kv_list(std::string_view s, KvList* out, std::string* error) {
     if (entry.empty()) continue;
     const size_t eq = entry.find('=');
     std::string k, v;
-    if (eq == std::string_view::npos || !percent_decode(util::trim(entry.substr(0, eq)), &k) ||
-        !percent_decode(util::trim(entry.substr(eq + 1)), &v) || k.empty()) {
+    if (eq == std::string_view::npos ||
+        !util::percent_decode(util::trim(entry.substr(0, eq)), &k) ||
+        !util::percent_decode(util::trim(entry.substr(eq + 1)), &v) || k.empty()) {
       *error = "malformed entry \"" + util::printable(entry) + "\"";
       return false;
     }

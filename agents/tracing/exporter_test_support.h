@@ -15,7 +15,8 @@
 #include <vector>
 
 #include "agents/tracing/exporter.h"
-#include "tests/unit/test_http_server.h"
+#include "tests/support/test_http_server.h"
+#include "tests/support/test_loop.h"
 #include "util/log.h"
 
 namespace spoad::agents::tracing::exporter_test {

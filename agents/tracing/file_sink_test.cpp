@@ -11,26 +11,13 @@
 #include <vector>
 
 #include "agents/tracing/exporter_test_support.h"
+#include "tests/support/temp_dir.h"
 
 namespace spoad::agents::tracing {
 namespace {
 
 using namespace exporter_test;
-
-class TempDir {
- public:
-  TempDir() {
-    const char* t = std::getenv("TMPDIR");
-    std::string tmpl = std::string(t && *t ? t : "/tmp") + "/exporter-XXXXXX";
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using spoad::testing::TempDir;
 
 std::vector<std::string> read_lines(const std::string& path) {
   std::ifstream in(path);

@@ -1,11 +1,11 @@
 #include "agents/tracing/tracing.h"
 
-#include <arpa/inet.h>
-
 #include <charconv>
 #include <cstdlib>
 
+#include "agents/tracing/event.h"
 #include "agents/tracing/span.h"
+#include "agents/tracing/span_tree.h"
 #include "spop/reader.h"
 #include "util/escape.h"
 
@@ -13,216 +13,7 @@ namespace spoad::agents::tracing {
 
 namespace {
 
-enum class Stage {
-  kClientSession,
-  kFrontendTcpRequest,
-  kFrontendHttpRequest,
-  kBackendTcpRequest,
-  kBackendHttpRequest,
-  kServerSession,
-  kTcpResponse,
-  kHttpResponse,
-  kUnknown,
-};
-static_assert(static_cast<size_t>(Stage::kUnknown) == 8, "TracingAgent::kEvents");
-
-Stage stage_of(std::string_view name) {
-  if (name == "trace-client-session") return Stage::kClientSession;
-  if (name == "trace-frontend-tcp-request") return Stage::kFrontendTcpRequest;
-  if (name == "trace-frontend-http-request") return Stage::kFrontendHttpRequest;
-  if (name == "trace-backend-tcp-request") return Stage::kBackendTcpRequest;
-  if (name == "trace-backend-http-request") return Stage::kBackendHttpRequest;
-  if (name == "trace-server-session") return Stage::kServerSession;
-  if (name == "trace-tcp-response") return Stage::kTcpResponse;
-  if (name == "trace-http-response") return Stage::kHttpResponse;
-  return Stage::kUnknown;
-}
-
 using S = SpanKindId;
-
-const char* span_name(S s) {
-  switch (s) {
-    case S::kHaproxySession:
-      return "HAProxy session";
-    case S::kClientSession:
-      return "Client session";
-    case S::kFrontendTcpRequest:
-      return "Frontend TCP request";
-    case S::kFrontendHttpRequest:
-      return "Frontend HTTP request";
-    case S::kBackendTcpRequest:
-      return "Backend TCP request";
-    case S::kBackendHttpRequest:
-      return "Backend HTTP request";
-    case S::kServerSession:
-      return "Server session";
-    case S::kTcpResponse:
-      return "TCP response";
-    case S::kHttpResponse:
-      return "HTTP response";
-  }
-  return "?";
-}
-
-Kind span_kind(S s) {
-  switch (s) {
-    case S::kHaproxySession:
-    case S::kClientSession:
-    case S::kFrontendTcpRequest:
-    case S::kFrontendHttpRequest:
-      return Kind::kServer;
-    case S::kBackendTcpRequest:
-    case S::kBackendHttpRequest:
-    case S::kServerSession:
-      return Kind::kClient;
-    default:
-      return Kind::kInternal;
-  }
-}
-
-// Which spans of the request exist (were started), as the start-time variables tell.
-struct Presence {
-  bool cs = false, fth = false, fhr = false, bht = false, bhr = false, ss = false, tr = false;
-};
-
-// The parent of span `s` and whether it "follows from" it (then it is also a link). The tree
-// adapts to the events configured: a span whose predecessor was not traced hangs from the
-// closest ancestor that was (the lean configuration only has the root, the Frontend HTTP
-// request and the HTTP response).
-std::pair<std::optional<S>, bool> parent_of(S s, const Presence& p) {
-  const S session = p.cs ? S::kClientSession : S::kHaproxySession;
-  switch (s) {
-    case S::kHaproxySession:
-      return {std::nullopt, false};
-    case S::kClientSession:
-      return {S::kHaproxySession, false};
-    case S::kFrontendTcpRequest:
-      return {session, false};
-    case S::kFrontendHttpRequest:
-      if (p.fth) return {S::kFrontendTcpRequest, true};
-      return {session, false};
-    case S::kBackendTcpRequest:
-      if (p.fhr) return {S::kFrontendHttpRequest, true};
-      return {session, false};
-    case S::kBackendHttpRequest:
-      if (p.bht) return {S::kBackendTcpRequest, true};
-      if (p.fhr) return {S::kFrontendHttpRequest, true};
-      return {session, false};
-    case S::kServerSession:
-      return {S::kHaproxySession, false};
-    case S::kTcpResponse:
-      if (p.ss) return {S::kServerSession, false};
-      return {S::kHaproxySession, false};
-    case S::kHttpResponse:
-      if (p.tr) return {S::kTcpResponse, true};
-      if (p.ss) return {S::kServerSession, false};
-      return {S::kHaproxySession, false};
-  }
-  return {std::nullopt, false};
-}
-
-std::string_view text(const spop::Value& v) {
-  if (v.type == spop::DataType::kString || v.type == spop::DataType::kBinary) return v.bytes;
-  return {};
-}
-
-// Splits "/path?query" (capture.req.uri) into its parts.
-void split_uri(std::string_view uri, std::string_view* path, std::string_view* query) {
-  const size_t q = uri.find('?');
-  *path = uri.substr(0, q);
-  *query = q == std::string_view::npos ? std::string_view() : uri.substr(q + 1);
-}
-
-}  // namespace
-
-// The arguments of one message, by name (see config/spoe-tracing.cfg).
-struct TracingAgent::Event {
-  int64_t now = -1;
-  std::optional<RequestContext> ctx;
-  bool has_traceparent = false;  // the message carries the header (possibly absent: NULL)
-  std::string_view traceparent, tracestate, ts;
-  int64_t t_cs = -1, t0 = -1, t_fth = -1, t_fhr = -1, t_bht = -1, t_bhr = -1, t_ss = -1, t_tr = -1;
-  std::string_view method, path, query, host, version, frontend, backend, server, unique_id;
-  std::string client;
-  int64_t client_port = -1;
-  int64_t status = -1;
-
-  explicit Event(const spop::Message& msg) {
-    for (const spop::KV& kv : spop::args(msg)) {
-      const std::string_view n = kv.name;
-      const spop::Value& v = kv.value;
-      auto num = [&v](int64_t* out) {
-        if (v.is_integer()) *out = v.as_int64();
-      };
-      if (n == "now")
-        num(&now);
-      else if (n == "ctx")
-        ctx = RequestContext::decode(text(v));
-      else if (n == "traceparent") {
-        has_traceparent = true;
-        traceparent = text(v);
-      } else if (n == "tracestate")
-        tracestate = text(v);
-      else if (n == "ts")
-        ts = text(v);
-      else if (n == "t_cs")
-        num(&t_cs);
-      else if (n == "t0")
-        num(&t0);
-      else if (n == "t_fth")
-        num(&t_fth);
-      else if (n == "t_fhr")
-        num(&t_fhr);
-      else if (n == "t_bht")
-        num(&t_bht);
-      else if (n == "t_bhr")
-        num(&t_bhr);
-      else if (n == "t_ss")
-        num(&t_ss);
-      else if (n == "t_tr")
-        num(&t_tr);
-      else if (n == "method")
-        method = text(v);
-      else if (n == "path")
-        path = text(v);
-      else if (n == "query")
-        query = text(v);
-      else if (n == "uri")
-        split_uri(text(v), &path, &query);
-      else if (n == "host")
-        host = text(v);
-      else if (n == "version") {
-        version = text(v);
-        if (version.starts_with("HTTP/")) version.remove_prefix(5);  // capture.req.ver
-      } else if (n == "frontend")
-        frontend = text(v);
-      else if (n == "backend")
-        backend = text(v);
-      else if (n == "server")
-        server = text(v);
-      else if (n == "unique_id")
-        unique_id = text(v);
-      else if (n == "client_port")
-        num(&client_port);
-      else if (n == "status")
-        num(&status);
-      else if (n == "client") {
-        char buf[INET6_ADDRSTRLEN] = "";
-        if (v.type == spop::DataType::kIpv4 && v.bytes.size() == 4)
-          inet_ntop(AF_INET, v.bytes.data(), buf, sizeof(buf));
-        else if (v.type == spop::DataType::kIpv6 && v.bytes.size() == 16)
-          inet_ntop(AF_INET6, v.bytes.data(), buf, sizeof(buf));
-        client = v.type == spop::DataType::kString ? std::string(v.bytes) : std::string(buf);
-      }
-    }
-  }
-
-  Presence presence() const {
-    return {t_cs >= 0, t_fth >= 0, t_fhr >= 0, t_bht >= 0, t_bhr >= 0, t_ss >= 0, t_tr >= 0};
-  }
-};
-
-namespace {
 
 constexpr uint64_t kMaxAttributeValueLimit = 16u << 20;
 
@@ -543,30 +334,13 @@ void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
 }
 
 void TracingAgent::stats(nlohmann::json& out) const {
-  out["requests_sampled"] = requests_sampled_;
-  out["requests_unsampled"] = requests_unsampled_;
-  out["requests_continued"] = requests_continued_;
-  out["spans_started"] = spans_started_;
-  out["spans_ended"] = spans_ended_;
-  out["bad_messages"] = bad_messages_;
-  out["attributes_truncated"] = attributes_truncated_;
-  out["attributes_dropped"] = attributes_dropped_;
-  out["tracestate_truncated"] = tracestate_truncated_;
-  out["tracestate_dropped"] = tracestate_dropped_;
+  {
+    const TracingAgent& s = *this;
+    SPOAD_TRACING_COUNTERS(SPOAD_JSON_PUT_AS)
+  }
   if (exporter_) {
     const SpanExporter::Stats s = exporter_->stats();
-    out["spans_enqueued"] = s.enqueued;
-    out["spans_exported"] = s.exported;
-    out["spans_failed"] = s.failed_spans;
-    out["spans_dropped"] = s.dropped;
-    out["spans_dropped_bytes"] = s.dropped_bytes;
-    out["spans_queued"] = s.queued;
-    out["spans_queued_bytes"] = s.queued_bytes;
-    out["export_requests"] = s.export_requests;
-    out["export_failures"] = s.failed_exports;
-    out["export_retries"] = s.retries;
-    out["export_latency_avg_ms"] = s.export_latency_avg_ms;
-    out["export_latency_max_ms"] = s.export_latency_max_ms;
+    SPOAD_EXPORTER_STATS(SPOAD_JSON_PUT_AS)
   }
 }
 

@@ -41,6 +41,7 @@
 #include "agents/tracing/exporter.h"
 #include "agents/tracing/trace_context.h"
 #include "metrics/arena.h"
+#include "metrics/counter_list.h"
 #include "util/rate_limit.h"
 
 namespace spoad::agents::tracing {
@@ -59,6 +60,24 @@ struct TracingOptions : agent::AgentOptions {
   std::vector<std::string> env_warnings;  // OTEL_* values apply_otel_env() could not use
 };
 
+// The agent's counters, each declared once with its key in `show stat json`
+// (metrics/counter_list.h): X(member, type, key).
+#define SPOAD_TRACING_COUNTERS(X)                                                           \
+  X(requests_sampled_, uint64_t, "requests_sampled")                                        \
+  X(requests_unsampled_, uint64_t, "requests_unsampled")                                    \
+  X(requests_continued_, uint64_t, "requests_continued") /* with an incoming traceparent */ \
+  X(spans_started_, uint64_t, "spans_started")                                              \
+  X(spans_ended_, uint64_t, "spans_ended")                                                  \
+  /* no context where one was needed, unknown message */                                    \
+  X(bad_messages_, uint64_t, "bad_messages")                                                \
+  /* string values cut to attribute_value_limit; attributes beyond Span::kMaxAttributes */  \
+  X(attributes_truncated_, uint64_t, "attributes_truncated")                                \
+  X(attributes_dropped_, uint64_t, "attributes_dropped")                                    \
+  /* members removed for tracestate_max_bytes; malformed, more than 32 members, or */       \
+  /* nothing fitted */                                                                      \
+  X(tracestate_truncated_, uint64_t, "tracestate_truncated")                                \
+  X(tracestate_dropped_, uint64_t, "tracestate_dropped")
+
 class TracingAgent : public agent::Agent {
  public:
   TracingAgent(const agent::Context& ctx, const TracingOptions& opts);
@@ -73,7 +92,6 @@ class TracingAgent : public agent::Agent {
   void set_span_sink(std::function<void(std::string)> sink) { sink_ = std::move(sink); }
 
  private:
-  struct Event;
   void emit(std::string span_json);
   void warn(const std::string& what);
   // Counts what the limits did to a span and logs it at most once a second.
@@ -92,16 +110,7 @@ class TracingAgent : public agent::Agent {
   util::RateLimiter attr_log_limiter_{1};
   util::RateLimiter ts_log_limiter_{1};
 
-  uint64_t requests_sampled_ = 0;
-  uint64_t requests_unsampled_ = 0;
-  uint64_t requests_continued_ = 0;  // with an incoming traceparent
-  uint64_t spans_started_ = 0;
-  uint64_t spans_ended_ = 0;
-  uint64_t bad_messages_ = 0;          // no context where one was needed, unknown message
-  uint64_t attributes_truncated_ = 0;  // string values cut to attribute_value_limit
-  uint64_t attributes_dropped_ = 0;    // attributes beyond Span::kMaxAttributes
-  uint64_t tracestate_truncated_ = 0;  // members removed for tracestate_max_bytes
-  uint64_t tracestate_dropped_ = 0;    // malformed, more than 32 members, or nothing fitted
+  SPOAD_TRACING_COUNTERS(SPOAD_JSON_FIELD_AS)  // see above
 
   // Spans ended, by the message that ended them: one series per known message name (there
   // are kEvents; others are refused as bad messages, so the label values are bounded).

@@ -19,8 +19,9 @@
 #include "agents/tracing/tracing.h"
 #include "metrics/arena.h"
 #include "spop/frames.h"
-#include "spop/writer.h"
-#include "tests/unit/test_http_server.h"
+#include "tests/support/spop_message.h"
+#include "tests/support/test_http_server.h"
+#include "tests/support/test_loop.h"
 #include "util/escape.h"
 #include "util/log.h"
 
@@ -28,10 +29,6 @@ namespace spoad::agents::tracing {
 namespace {
 
 // ---- the agent, driven as HAProxy drives it -----------------------------------------------
-
-struct Owner : agent::Reply::Owner {
-  void on_reply_complete(agent::Reply&) override {}
-};
 
 // HAProxy's side of the exchange: variables set by ACKs, sent back in later messages.
 class FakeHaproxy {
@@ -51,19 +48,14 @@ class FakeHaproxy {
     }
     for (const auto& kv : extra)
       args.push_back(kv);
-    std::vector<uint8_t> buf;
-    spop::Writer w(buf);
-    w.message(name, args);
-    spop::Reader r(spop::Bytes(buf.data(), buf.size()));
-    spop::Message m;
-    ASSERT_TRUE(r.message(&m));
+    const spoad::testing::EncodedMessage m(name, args);
+    ASSERT_TRUE(m.ok());
     agent::Reply reply;
     reply.reset(&owner_, 1, 1);
-    agent_.on_message(m, reply);
-    const auto& a = reply.actions();
-    uint32_t n = 0;
-    ASSERT_TRUE(spop::validate_actions(spop::Bytes(a.data(), a.size()), &n).ok());
-    for (const spop::Action& act : spop::actions(spop::Bytes(a.data(), a.size()))) {
+    agent_.on_message(m.get(), reply);
+    const spoad::testing::DecodedActions acts = spoad::testing::decode_actions(reply);
+    ASSERT_TRUE(acts.ok);
+    for (const spop::Action& act : acts.list) {
       const std::string k(act.name);
       if (act.value.type == spop::DataType::kString) {
         strings[k] = std::string(act.value.bytes);  // keep the bytes alive
@@ -76,7 +68,7 @@ class FakeHaproxy {
 
  private:
   agent::Agent& agent_;
-  Owner owner_;
+  spoad::testing::CountingOwner owner_;
 };
 
 std::unique_ptr<agent::Agent> make_agent(const std::string& yaml, std::vector<std::string>* out,

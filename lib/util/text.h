@@ -93,4 +93,24 @@ inline bool hex_decode(std::string_view hex, std::string* out, bool upper = true
   return hex_decode(hex, reinterpret_cast<uint8_t*>(out->data()), out->size(), upper);
 }
 
+// Decodes %XX escapes (two hex digits, either case) into `*out` (replaced); every other byte,
+// '+' included, is copied as it is. Returns false on a '%' not followed by two hex digits,
+// leaving `*out` unspecified. Used for the userinfo of a URL (RFC 3986 2.1) and W3C baggage
+// values (OTEL_RESOURCE_ATTRIBUTES, OTEL_EXPORTER_OTLP_HEADERS).
+inline bool percent_decode(std::string_view in, std::string* out) {
+  out->clear();
+  out->reserve(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      *out += in[i];
+      continue;
+    }
+    uint8_t byte = 0;
+    if (!hex_decode(in.substr(i + 1, 2), &byte, 1)) return false;
+    *out += static_cast<char>(byte);
+    i += 2;
+  }
+  return true;
+}
+
 }  // namespace spoad::util
