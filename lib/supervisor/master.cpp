@@ -12,6 +12,7 @@
 
 #include "runtime/listener.h"
 #include "supervisor/master_text.h"
+#include "util/clock.h"
 #include "version.h"
 
 namespace spoad::supervisor {
@@ -45,7 +46,7 @@ Master::Master(uv_loop_t* loop, MasterOptions opts, config::Config cfg, std::str
       opts_(std::move(opts)),
       cfg_(std::move(cfg)),
       cfg_text_(std::move(cfg_text)),
-      start_time_s_(wall_s()) {
+      start_time_s_(util::wall_s()) {
   char buf[4096];
   const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
   exe_ = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string("/proc/self/exe");

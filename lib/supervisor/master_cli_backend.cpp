@@ -5,6 +5,7 @@
 
 #include "supervisor/master.h"
 #include "supervisor/master_text.h"
+#include "util/clock.h"
 #include "version.h"
 
 namespace spoad::supervisor {
@@ -21,7 +22,7 @@ std::string Master::show_proc() {
   m.type = "master";
   m.relative_pid = 0;
   m.reloads = reloads_;
-  m.uptime_s = wall_s() - start_time_s_;
+  m.uptime_s = util::wall_s() - start_time_s_;
   m.version = SPOAD_VERSION;
   std::vector<cli::ProcRow> current, old;
   auto row = [](const Proc& p) {
@@ -30,7 +31,7 @@ std::string Master::show_proc() {
     r.type = p.agent_config().name;
     r.relative_pid = p.relative_pid;
     r.reloads = p.reloads;
-    r.uptime_s = wall_s() - p.start_wall_s;
+    r.uptime_s = util::wall_s() - p.start_wall_s;
     r.version = p.version.empty() ? SPOAD_VERSION : p.version;
     return r;
   };
@@ -51,7 +52,7 @@ cli::Fields Master::info() {
     else if (p->leaving)
       ++old_workers;
   }
-  const uint64_t up = wall_s() - start_time_s_;
+  const uint64_t up = util::wall_s() - start_time_s_;
   return {
       {"Name", "spoad"},
       {"Version", SPOAD_VERSION},

@@ -2,6 +2,7 @@
 // the master CLI), from the live workers' arenas, the totals of the exited ones
 // (supervisor/metrics_view.h) and the master's own series.
 #include "supervisor/master.h"
+#include "util/clock.h"
 
 namespace spoad::supervisor {
 
@@ -39,7 +40,7 @@ std::string Master::render_metrics(metrics::Format f) {
     v.arena = p->arena.get();
     procs.push_back(std::move(v));
   }
-  std::vector<metrics::Sample> samples = metrics_view_.samples(m, procs, monotonic_ms());
+  std::vector<metrics::Sample> samples = metrics_view_.samples(m, procs, util::monotonic_ms());
   pool_states_.append_samples(samples);
   if (metrics_http_) metrics_http_->append_samples(samples);
   return metrics::render(samples, f);

@@ -9,6 +9,7 @@
 
 #include "supervisor/master.h"
 #include "supervisor/master_text.h"
+#include "util/clock.h"
 
 namespace spoad::supervisor {
 
@@ -113,7 +114,7 @@ Proc* Master::spawn(Slot& s) {
     p->arena = ro ? std::move(ro) : std::move(arena);
   }
   p->start_ms = uv_now(loop_);
-  p->start_wall_s = wall_s();
+  p->start_wall_s = util::wall_s();
   Proc* raw = p.get();
   raw->ch = Channel::open(
       loop_, fds[0], [this, raw](msg::Message&& m, int fd) { on_message(raw, std::move(m), fd); },

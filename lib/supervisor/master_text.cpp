@@ -1,7 +1,6 @@
 #include "supervisor/master_text.h"
 
 #include <cstring>
-#include <ctime>
 #include <sstream>
 
 #include "util/escape.h"
@@ -22,10 +21,6 @@ std::string shown(std::string_view s) {
 
 std::shared_ptr<spdlog::logger> mlog() {
   return util::make_logger("spoad");
-}
-
-uint64_t wall_s() {
-  return static_cast<uint64_t>(std::time(nullptr));
 }
 
 std::string exit_text(int64_t status, int signal) {

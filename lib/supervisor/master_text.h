@@ -1,5 +1,5 @@
-// Helpers shared by the files of the master (master*.cpp): its logger, the wall clock in
-// seconds, and the text of exit statuses and of error messages in logs and CLI answers.
+// Helpers shared by the files of the master (master*.cpp): its logger, and the text of exit
+// statuses and of error messages in logs and CLI answers. (The wall clock: util/clock.h.)
 #pragma once
 
 #include <cstdint>
@@ -14,9 +14,6 @@ namespace spoad::supervisor {
 
 // The master's logger ("spoad").
 std::shared_ptr<spdlog::logger> mlog();
-
-// The wall clock, in seconds since the Unix epoch.
-uint64_t wall_s();
 
 // A worker's exit as HAProxy's master logs it: "code 0 (Exit)", "code 137 (Killed)".
 std::string exit_text(int64_t status, int signal);

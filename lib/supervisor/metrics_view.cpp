@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <ctime>
 
 #include "version.h"
 
@@ -57,12 +56,6 @@ constexpr const char* kRssHelp = "Resident memory of the process, in bytes (/pro
 constexpr const char* kFdsHelp = "Open file descriptors of the process (/proc/PID/fd).";
 
 }  // namespace
-
-uint64_t monotonic_ms() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1'000'000;
-}
 
 void MetricsView::worker_exited(const std::string& agent, const std::string& type, int64_t status,
                                 int signal, const metrics::Arena* arena) {

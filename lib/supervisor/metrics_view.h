@@ -31,14 +31,11 @@
 
 namespace spoad::supervisor {
 
-// The gauge a worker sets to monotonic_ms() every second (not exported).
+// The gauge a worker sets to util::monotonic_ms() every second (not exported).
 inline constexpr std::string_view kHeartbeatFamily = "spoad_worker_heartbeat_ms";
 // How often a worker sets it, and the age past which the master calls it stalled (ms).
 inline constexpr uint64_t kHeartbeatMs = 1000;
 inline constexpr uint64_t kStalledMs = 5000;
-
-// CLOCK_MONOTONIC in milliseconds: the same clock in every process of the machine.
-uint64_t monotonic_ms();
 
 class MetricsView {
  public:
@@ -76,7 +73,7 @@ class MetricsView {
   void worker_respawned(const std::string& agent, const std::string& type);
 
   // The samples of the whole tree now: the live arenas (heartbeat excepted), the totals, then
-  // the supervisor's samples. `now_mono_ms`: monotonic_ms(), for the heartbeats.
+  // the supervisor's samples. `now_mono_ms`: util::monotonic_ms(), for the heartbeats.
   std::vector<metrics::Sample> samples(const Master& m, const std::vector<Process>& procs,
                                        uint64_t now_mono_ms) const;
 

@@ -12,6 +12,7 @@
 
 #include "runtime/listener.h"
 #include "supervisor/messages.h"
+#include "util/clock.h"
 #include "util/escape.h"
 #include "util/log.h"
 #include "util/rate_limit.h"
@@ -23,10 +24,6 @@ namespace {
 
 constexpr size_t kMaxFdsPerRead = 64;
 
-uint64_t now_ms() {
-  return uv_hrtime() / 1'000'000;
-}
-
 // The uid and pid of the process at the other end of `fd`; false if unknown.
 bool peer_cred(int fd, uid_t* uid, pid_t* pid) {
   ucred c{};
@@ -37,10 +34,10 @@ bool peer_cred(int fd, uid_t* uid, pid_t* pid) {
   return true;
 }
 
-// Waits for `events` on `fd` until `deadline` (now_ms()); false on timeout or error.
+// Waits for `events` on `fd` until `deadline` (util::monotonic_ms()); false on timeout or error.
 bool wait_fd(int fd, short events, uint64_t deadline) {
   for (;;) {
-    const uint64_t now = now_ms();
+    const uint64_t now = util::monotonic_ms();
     if (now >= deadline) return false;
     pollfd p{fd, events, 0};
     const int rc = ::poll(&p, 1, static_cast<int>(deadline - now));
@@ -95,7 +92,7 @@ Predecessor take_over(const std::string& path, uint64_t timeout_ms) {
   pid_t pid = 0;
   if (!peer_cred(out.fd, &uid, &pid) || uid != ::geteuid())
     return failed("the process at " + shown + " runs as another user");
-  const uint64_t deadline = now_ms() + timeout_ms;
+  const uint64_t deadline = util::monotonic_ms() + timeout_ms;
 
   std::string req;
   msg::encode(msg::Takeover{::getpid(), SPOAD_VERSION}, req);

@@ -16,6 +16,7 @@
 #include "runtime/worker.h"
 #include "supervisor/channel.h"
 #include "supervisor/metrics_view.h"
+#include "util/clock.h"
 #include "util/escape.h"
 #include "util/log.h"
 #include "util/rate_limit.h"
@@ -218,13 +219,15 @@ class WorkerProcess {
                                "CLOCK_MONOTONIC milliseconds of the worker's last loop turn "
                                "(internal: the master exports spoad_worker_stalled instead).",
                                {});
-    heartbeat_ = monotonic_ms();
+    heartbeat_ = util::monotonic_ms();
     uv_timer_init(loop_, &heartbeat_timer_);
     heartbeat_timer_.data = this;
     heartbeat_armed_ = true;
     uv_timer_start(
         &heartbeat_timer_,
-        [](uv_timer_t* t) { static_cast<WorkerProcess*>(t->data)->heartbeat_ = monotonic_ms(); },
+        [](uv_timer_t* t) {
+          static_cast<WorkerProcess*>(t->data)->heartbeat_ = util::monotonic_ms();
+        },
         kHeartbeatMs, kHeartbeatMs);
   }
 
