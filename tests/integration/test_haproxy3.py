@@ -6,10 +6,10 @@ reason, on a version that does not behave so:
 - every version: the shipped files load (`haproxy -c -dW`: no alert, no warning; the SPOE
   files with them), except
   haproxy-program.cfg on 3.3 and later, which must refuse to load and name
-  config/spoad.service instead (those versions have no `program` section);
+  config/spoad.service.in instead (those versions have no `program` section);
 - 2.x to 3.2: config/haproxy-program.cfg as shipped (3.1 and 3.2 need its
   `expose-deprecated-directives`) starts spoad under `haproxy -W` and passes traffic;
-- every version: the layout of config/spoad.service (spoad on its own, started, reloaded and
+- every version: the layout of config/spoad.service.in (spoad on its own, started, reloaded and
   stopped by the unit's own command lines) beside `haproxy -W -S` with config/haproxy.cfg:
   traffic after spoad's reload and after HAProxy's, exit status 0 on the unit's KillSignal;
   and `systemd-analyze verify` accepts the unit;
@@ -103,7 +103,7 @@ class ShippedFilesLoad(unittest.TestCase):
                     # No `program` section in 3.3+: the file says where to go instead.
                     self.assertNotEqual(r.returncode, 0, out)
                     self.assertIn("has no program section", out)  # its own .alert
-                    self.assertIn("config/spoad.service", out)
+                    self.assertIn("config/spoad.service.in", out)
                     checked.append(name + " (refused, as it must be on 3.3+)")
                     continue
                 self.assertEqual(r.returncode, 0, out)
@@ -151,20 +151,20 @@ class ProgramLayout(unittest.TestCase):
         self.assertIn("spoad", out)
 
 
-SERVICE = shipped("spoad.service")
+SERVICE = shipped("spoad.service.in")  # the unit meson installs, with its paths filled in
 
 
 def unit_lines(key):
-    """The values of `key=` in config/spoad.service, in order."""
+    """The values of `key=` in config/spoad.service.in, in order."""
     with open(SERVICE) as f:
         return [ln.split("=", 1)[1].strip() for ln in f
                 if ln.startswith(key + "=")]
 
 
 class SystemdLayout(unittest.TestCase):
-    """spoad as config/spoad.service runs it, beside `haproxy -W -S` with config/haproxy.cfg:
+    """spoad as config/spoad.service.in runs it, beside `haproxy -W -S` with config/haproxy.cfg:
     the way on 3.3+, and on any version. The unit's command lines are run as written, with the
-    binary under test for /usr/local/bin/spoad, this test's files for /etc/spoad/spoad.yaml and
+    binary under test for @bindir@/spoad, this test's files for @sysconfdir@/spoad/spoad.yaml and
     /run/spoad, and $MAINPID for what systemd would put there."""
 
     def test_unit_commands_beside_haproxy(self):
@@ -178,8 +178,8 @@ class SystemdLayout(unittest.TestCase):
         fe = harness.port_of(v["HAPROXY_BIND"])
 
         def argv(line, mainpid=None):
-            line = line.replace("/usr/local/bin/spoad", harness.SPOAD)
-            line = line.replace("/etc/spoad/spoad.yaml", shipped("spoad.yaml"))
+            line = line.replace("@bindir@/spoad", harness.SPOAD)
+            line = line.replace("@sysconfdir@/spoad/spoad.yaml", shipped("spoad.yaml"))
             line = line.replace("/run/spoad/", env.path("run") + "/")
             if mainpid is not None:
                 line = line.replace("$MAINPID", str(mainpid))
@@ -230,9 +230,10 @@ class SystemdLayout(unittest.TestCase):
             raise unittest.SkipTest("no systemd-analyze on this machine")
         env = harness.Env("h3-unit")
         self.addCleanup(env.stop)
-        # The unit as shipped, but for the binary's path (verify checks that it exists).
+        # The unit as meson configures it, with the binary under test (verify checks that it
+        # exists) and /etc for @sysconfdir@.
         with open(SERVICE) as f:
-            text = f.read().replace("/usr/local/bin/spoad", harness.SPOAD)
+            text = f.read().replace("@bindir@/spoad", harness.SPOAD).replace("@sysconfdir@", "/etc")
         unit = env.write("spoad.service", text)
         r = subprocess.run([tool, "verify", unit], capture_output=True, text=True,
                            timeout=harness.GUARD_S, cwd=env.dir)

@@ -7,7 +7,7 @@ One test per HAProxy version (the binary in $SPOAD_HAPROXY, see harness.HAPROXY)
   section; the only substitution is the path of the spoad under test), run as
   `haproxy -W -S master.sock`; spoad runs config/spoad.yaml. 20 HAProxy reloads (`reload` on
   HAProxy's master CLI), then 20 spoad reloads (`reload` on spoad's master CLI).
-- HAProxy 3.3 and later (no `program` section), the systemd layout of config/spoad.service:
+- HAProxy 3.3 and later (no `program` section), the systemd layout of config/spoad.service.in:
   spoad started on its own (`spoad -f spoad.yaml -S master.sock`), HAProxy
   `haproxy -W -S master.sock -f config/haproxy.cfg`. 20 HAProxy reloads (`reload` on HAProxy's
   master CLI), then 20 spoad reloads by SIGUSR2, as `systemctl reload spoad` sends.
@@ -352,7 +352,7 @@ class ReloadHaproxy(unittest.TestCase):
             cfg = self.env.write("haproxy.cfg", program_config(harness.SPOAD))
             self.spoad = None
         else:
-            # config/spoad.service: ExecStart=spoad -f /etc/spoad/spoad.yaml -S master.sock
+            # config/spoad.service.in: ExecStart=spoad -f /etc/spoad/spoad.yaml -S master.sock
             self.spoad = self.env.start("spoad", [harness.SPOAD, "-f", self.vars["SPOAD_CONFIG"],
                                                   "-S", self.sock], env=self.vars)
             cfg = os.path.join(harness.CONFIG_DIR, "haproxy.cfg")
@@ -443,7 +443,7 @@ class ReloadHaproxy(unittest.TestCase):
                 out = sv.socat_cmd(self.sock, "reload")
                 self.assertTrue(out.startswith("Success=1"), (i, out, self.logs()))
             else:
-                # config/spoad.service: ExecReload=/bin/kill -USR2 $MAINPID
+                # config/spoad.service.in: ExecReload=/bin/kill -USR2 $MAINPID
                 os.kill(master, signal.SIGUSR2)
 
             def new_generation():
