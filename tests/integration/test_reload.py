@@ -22,6 +22,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(__file__))
 import harness  # noqa: E402
 import spop  # noqa: E402
+import stack  # noqa: E402
 import supervisor as sv  # noqa: E402
 
 
@@ -60,14 +61,14 @@ class ReloadUnderLoad(Base):
 
     def test_20_reloads_under_http_load(self):
         # config/spoad.yaml: 2 ip-checker workers, 2 tracing workers and 2 mirror workers.
-        v = harness.shipped_env(self.env, SPOAD_CLI_SOCKET=self.sock)
-        fe = harness.port_of(v["HAPROXY_BIND"])
-        spoad = self.env.spoad(os.path.join(harness.CONFIG_DIR, "spoad.yaml"), env=v)
-        sp = sv.wait_pool(self.sock, 6, proc=spoad)
+        s = stack.Stack(self.env)
+        self.addCleanup(s.stop)
+        s.use_shipped(SPOAD_CLI_SOCKET=self.sock)
+        fe = s.fe
+        spoad = s.start_shipped_spoad(workers=6)
+        sp = sv.show_proc(self.sock)
         self.tracker.add_proc(sp)
-        self.assertIsNotNone(sp, self.logs())
-        self.env.haproxy(os.path.join(harness.CONFIG_DIR, "haproxy.cfg"), env=v)
-        self.assertTrue(harness.wait_for(lambda: harness.port_open(fe)), self.logs())
+        s.start_shipped_haproxy()
         self.assertTrue(sv.wait_http_ok(fe), self.logs())
 
         load = sv.HttpLoad(fe).start()

@@ -23,28 +23,15 @@
 #include "runtime/worker.h"
 #include "spop/frames.h"
 #include "spop/writer.h"
-#include "tests/unit/test_http_server.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/test_loop.h"
 
 namespace spoad::runtime {
 namespace {
 
 using spoad::testing::run_until;
+using spoad::testing::TempDir;
 using spoad::testing::TestLoop;
-
-class TempDir {
- public:
-  TempDir() {
-    const char* t = std::getenv("TMPDIR");
-    std::string tmpl = std::string(t && *t ? t : "/tmp") + "/spoad-rt-XXXXXX";
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // A raw SPOP client on a non-blocking Unix socket; reads run the loop until a frame is whole.
 class Client {

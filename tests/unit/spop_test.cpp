@@ -12,6 +12,7 @@
 #include "spop/reassembler.h"
 #include "spop/varint.h"
 #include "spop/writer.h"
+#include "tests/support/spop_frame.h"
 
 namespace spoad::spop {
 namespace {
@@ -564,16 +565,7 @@ TEST(Disconnect, StatusTextsOfEveryCode) {
 
 // ---- fragment reassembly ----------------------------------------------------------------
 
-Frame frag(FrameType t, uint32_t flags, uint64_t sid, uint64_t fid, const Buf& payload) {
-  Frame f;
-  f.type = t;
-  f.raw_type = static_cast<uint8_t>(t);
-  f.flags = flags;
-  f.stream_id = sid;
-  f.frame_id = fid;
-  f.payload = B(payload);
-  return f;
-}
+constexpr auto* frag = &spoad::testing::frame_of;
 
 TEST(Reassembly, UnfragmentedNotifyIsNotCopied) {
   Reassembler r(1 << 20);

@@ -20,7 +20,8 @@
 #include "config/config.h"
 #include "metrics/arena.h"
 #include "runtime/worker.h"
-#include "tests/unit/test_http_server.h"
+#include "tests/support/temp_dir.h"
+#include "tests/support/test_loop.h"
 
 namespace spoad::runtime {
 namespace {
@@ -83,12 +84,9 @@ using States = std::map<std::string, std::string>;  // agent name -> pool state
 // A worker serving one pool-state-test agent "pool" on a Unix socket, its counters in `arena`.
 struct Fixture {
   explicit Fixture(States states) {
-    const char* t = std::getenv("TMPDIR");
-    std::string tmpl = std::string(t && *t ? t : "/tmp") + "/spoad-pool-XXXXXX";
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    dir = tmpl;
     cfg = config::parse_config(
-        "agents:\n  - name: pool\n    type: pool-state-test\n    listen: unix:" + dir + "/a.sock\n",
+        "agents:\n  - name: pool\n    type: pool-state-test\n    listen: unix:" +
+            dir.file("a.sock") + "\n",
         "t.yaml");
     worker = std::make_unique<Worker>(loop.get(), cfg.agents, arena);
     worker->set_pool_states(std::move(states));
@@ -103,7 +101,6 @@ struct Fixture {
     EXPECT_TRUE(run_until(loop.get(), [&] { return done; }));
     EXPECT_TRUE(loop.drain());
     worker.reset();
-    std::filesystem::remove_all(dir);
   }
   StateAgent& agent() { return dynamic_cast<StateAgent&>(worker->servers()[0]->agent()); }
   uint64_t counter(std::string_view family) {
@@ -115,7 +112,7 @@ struct Fixture {
   }
 
   TestLoop loop;
-  std::string dir;
+  spoad::testing::TempDir dir;
   config::Config cfg;
   std::shared_ptr<metrics::Arena> arena{metrics::Arena::private_memory()};
   std::unique_ptr<Worker> worker;
@@ -144,7 +141,7 @@ TEST(PoolState, ARestoreThatThrowsIsCountedAndTheAgentServes) {
   EXPECT_TRUE(fx.agent().started);
   EXPECT_EQ(fx.agent().state_at_start, "");
   EXPECT_EQ(fx.counter("spoad_pool_state_restore_failures_total"), 1u);
-  EXPECT_TRUE(std::filesystem::exists(fx.dir + "/a.sock"));  // it listens
+  EXPECT_TRUE(std::filesystem::exists(fx.dir.file("a.sock")));  // it listens
 }
 
 TEST(PoolState, ChangeReachesTheWorkerBeforeTheAnswer) {

@@ -12,22 +12,14 @@
 
 #include "config/config.h"
 #include "spop/reassembler.h"
+#include "tests/support/spop_frame.h"
 
 namespace spoad::spop {
 namespace {
 
 using Buf = std::vector<uint8_t>;
 
-Frame frag(FrameType t, uint32_t flags, uint64_t sid, uint64_t fid, const Buf& payload) {
-  Frame f;
-  f.type = t;
-  f.raw_type = static_cast<uint8_t>(t);
-  f.flags = flags;
-  f.stream_id = sid;
-  f.frame_id = fid;
-  f.payload = Bytes(payload.data(), payload.size());
-  return f;
-}
+constexpr auto* frag = &spoad::testing::frame_of;
 
 // Feeds `f` and returns the status.
 Status feed(Reassembler& r, const Frame& f, Reassembler::Step* st = nullptr) {

@@ -13,7 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "tests/unit/test_http_server.h"
+#include "tests/support/test_http_server.h"
+#include "tests/support/test_loop.h"
 
 namespace spoad::http {
 namespace {
