@@ -71,8 +71,9 @@ bool valid_label_name(std::string_view s) {
 }
 
 // Rendered labels as stored: name="value" pairs separated by ',', values escaped (\\ \" \n
-// only), no raw line feed, valid UTF-8. Checks what a reader finds in memory another process
-// writes, so that a broken writer cannot break the exposition.
+// only), no control byte (0x00-0x1F, 0x7F: the writer stores U+FFFD for them), valid UTF-8.
+// Checks what a reader finds in memory another process writes, so that a broken writer cannot
+// break the exposition.
 bool valid_rendered_labels(std::string_view s) {
   if (!util::is_utf8(s)) return false;
   size_t i = 0;
@@ -84,7 +85,9 @@ bool valid_rendered_labels(std::string_view s) {
     if (i + 1 >= s.size() || s[i] != '=' || s[i + 1] != '"') return false;
     i += 2;
     for (;;) {
-      if (i >= s.size() || s[i] == '\n') return false;
+      if (i >= s.size()) return false;
+      const auto c = static_cast<uint8_t>(s[i]);
+      if (c < 0x20 || c == 0x7f) return false;
       if (s[i] == '"') break;
       if (s[i] == '\\') {
         if (i + 1 >= s.size()) return false;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -321,6 +322,38 @@ TEST(MetricsArena, SharedArenaIsSealedAndAttachChecksIt) {
   Counter same = w->counter("spoad_z_total", "", {});
   EXPECT_EQ(same.get(), 9u);
   EXPECT_EQ(series_count(*r), 1u);
+}
+
+// Labels as another process left them in the shared region: a control byte inside a value
+// (which the writer's escaping never stores) makes the reader skip that series, so that no raw
+// control byte reaches a line of the exposition.
+TEST(MetricsArena, AReaderSkipsStoredLabelsWithAControlByte) {
+  std::string err;
+  auto a = Arena::create_shared(&err);
+  ASSERT_NE(a, nullptr) << err;
+  Counter ok = a->counter("spoad_ok_total", "", {{"a", "1"}});
+  Counter bad = a->counter("spoad_bad_total", "", {{"b", "2"}});
+  ok += 1;
+  bad += 1;
+  auto r = Arena::attach(dup(a->fd()), false, &err);
+  ASSERT_NE(r, nullptr) << err;
+  ASSERT_EQ(series_count(*r), 2u);
+  void* p = mmap(nullptr, Arena::bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, a->fd(), 0);
+  ASSERT_NE(p, MAP_FAILED);
+  auto* bytes = static_cast<char*>(p);
+  char* stored = static_cast<char*>(memmem(bytes, Arena::bytes(), "b=\"2\"", 5));
+  ASSERT_NE(stored, nullptr);
+  for (char c : {'\x01', '\t', '\r', '\x1f', '\x7f'}) {
+    stored[3] = c;
+    EXPECT_EQ(series_count(*r), 1u) << static_cast<int>(c);
+    EXPECT_EQ(value_of(*r, "spoad_ok_total", "a=\"1\""), 1);
+    const std::string text = render(samples(*r), Format::kText004);
+    for (char t : text)
+      EXPECT_TRUE(t == '\n' || (static_cast<unsigned char>(t) >= 0x20 && t != 0x7f)) << text;
+  }
+  stored[3] = '2';
+  EXPECT_EQ(series_count(*r), 2u);
+  munmap(p, Arena::bytes());
 }
 
 TEST(MetricsArena, AnotherProcessWritesAndTheParentReads) {
