@@ -12,15 +12,6 @@ namespace spoad::agents::mirror {
 
 namespace {
 
-std::string_view text(const spop::Value& v) {
-  if (v.type == spop::DataType::kString || v.type == spop::DataType::kBinary) return v.bytes;
-  return {};
-}
-
-bool is_text(const spop::Value& v) {
-  return v.type == spop::DataType::kString || v.type == spop::DataType::kBinary;
-}
-
 // Bounds of spoad_mirror_replay_seconds, in microseconds: 250 us to 30 s (replay-timeout's
 // default is 5 s).
 constexpr uint64_t kReplayBoundsUs[] = {250,     500,     1000,     2500,    5000,   10000,
@@ -260,15 +251,15 @@ void MirrorAgent::on_message(const spop::Message& msg, agent::Reply&) {
     else if (kv.name == "arg_body" && !body_v)
       body_v = kv.value;
   }
-  if (!method_v || !is_text(*method_v) || text(*method_v).empty())
+  if (!method_v || !method_v->is_text() || method_v->text().empty())
     return bad("no arg_method (STRING)");
-  if (!path_v || !is_text(*path_v) || text(*path_v).empty()) return bad("no arg_path (STRING)");
-  const std::string_view method = text(*method_v);
+  if (!path_v || !path_v->is_text() || path_v->text().empty()) return bad("no arg_path (STRING)");
+  const std::string_view method = method_v->text();
   for (char c : method)
     if (c < 'A' || c > 'Z') return bad("arg_method is not an HTTP method");
   if (method == "CONNECT") return bad("CONNECT is not replayed");
   std::string path;
-  if (!request_target(text(*path_v), &path)) return bad("arg_path is not a request target");
+  if (!request_target(path_v->text(), &path)) return bad("arg_path is not a request target");
 
   std::vector<Header> headers;
   if (hdrs_v && hdrs_v->type != spop::DataType::kNull) {
@@ -285,7 +276,7 @@ void MirrorAgent::on_message(const spop::Message& msg, agent::Reply&) {
     }
   }
   std::string_view body;
-  if (body_v && is_text(*body_v)) body = body_v->bytes;
+  if (body_v && body_v->is_text()) body = body_v->bytes;
 
   const ReplayHeaders hdrs = build_headers(method, headers, body.size(), opts_.headers);
 

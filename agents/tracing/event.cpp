@@ -8,11 +8,6 @@ namespace spoad::agents::tracing {
 
 namespace {
 
-std::string_view text(const spop::Value& v) {
-  if (v.type == spop::DataType::kString || v.type == spop::DataType::kBinary) return v.bytes;
-  return {};
-}
-
 // Splits "/path?query" (capture.req.uri) into its parts.
 void split_uri(std::string_view uri, std::string_view* path, std::string_view* query) {
   const size_t q = uri.find('?');
@@ -44,14 +39,14 @@ Event::Event(const spop::Message& msg) {
     if (n == "now")
       num(&now);
     else if (n == "ctx")
-      ctx = RequestContext::decode(text(v));
+      ctx = RequestContext::decode(v.text());
     else if (n == "traceparent") {
       has_traceparent = true;
-      traceparent = text(v);
+      traceparent = v.text();
     } else if (n == "tracestate")
-      tracestate = text(v);
+      tracestate = v.text();
     else if (n == "ts")
-      ts = text(v);
+      ts = v.text();
     else if (n == "t_cs")
       num(&t_cs);
     else if (n == "t0")
@@ -69,26 +64,26 @@ Event::Event(const spop::Message& msg) {
     else if (n == "t_tr")
       num(&t_tr);
     else if (n == "method")
-      method = text(v);
+      method = v.text();
     else if (n == "path")
-      path = text(v);
+      path = v.text();
     else if (n == "query")
-      query = text(v);
+      query = v.text();
     else if (n == "uri")
-      split_uri(text(v), &path, &query);
+      split_uri(v.text(), &path, &query);
     else if (n == "host")
-      host = text(v);
+      host = v.text();
     else if (n == "version") {
-      version = text(v);
+      version = v.text();
       if (version.starts_with("HTTP/")) version.remove_prefix(5);  // capture.req.ver
     } else if (n == "frontend")
-      frontend = text(v);
+      frontend = v.text();
     else if (n == "backend")
-      backend = text(v);
+      backend = v.text();
     else if (n == "server")
-      server = text(v);
+      server = v.text();
     else if (n == "unique_id")
-      unique_id = text(v);
+      unique_id = v.text();
     else if (n == "client_port")
       num(&client_port);
     else if (n == "status")

@@ -129,6 +129,10 @@ struct Value {
   }
   // The integer as HAProxy reads it: any of the four integer types as a signed 64-bit value.
   int64_t as_int64() const { return static_cast<int64_t>(u64); }
+  // A string or binary value (SPOE.txt 3.1: types 8 and 9), whose content is `bytes`.
+  bool is_text() const { return type == DataType::kString || type == DataType::kBinary; }
+  // The content of a string or binary value; empty for every other type (addresses included).
+  std::string_view text() const { return is_text() ? bytes : std::string_view(); }
 
  private:
   static Value Integer(DataType t, uint64_t v) {

@@ -57,6 +57,22 @@ Frame frame_of(const Buf& b) {
 
 // ---- varint ---------------------------------------------------------------------------
 
+// ---- typed values ----------------------------------------------------------------------
+
+TEST(Value, TextIsTheContentOfAStringOrBinaryOnly) {
+  EXPECT_TRUE(Value::String("ab").is_text());
+  EXPECT_EQ(Value::String("ab").text(), "ab");
+  EXPECT_TRUE(Value::Binary(std::string_view("\0\xff", 2)).is_text());
+  EXPECT_EQ(Value::Binary(std::string_view("\0\xff", 2)).text().size(), 2u);
+  EXPECT_TRUE(Value::String("").is_text());
+  const uint8_t addr[4] = {127, 0, 0, 1};
+  for (const Value& v :
+       {Value::Null(), Value::Bool(true), Value::Int32(5), Value::Uint64(7), Value::Ipv4(addr)}) {
+    EXPECT_FALSE(v.is_text()) << static_cast<int>(v.type);
+    EXPECT_TRUE(v.text().empty()) << static_cast<int>(v.type);
+  }
+}
+
 TEST(Varint, KnownVector16380) {
   uint8_t b[10];
   ASSERT_EQ(encode_varint(16380, b), 3u);
