@@ -49,16 +49,10 @@ std::string sha256_hex(std::string_view data) {
 EchoAgent::EchoAgent(const agent::Context& ctx, const EchoOptions& opts) : ctx_(ctx), opts_(opts) {}
 
 EchoAgent::~EchoAgent() {
-  // Hard-stop with ACKs still held: the connections are gone; release the timers. Holds whose
-  // timer is already closing just lose their pointer back to us.
-  for (Hold* h : holds_) {
-    if (!h->closing) {
-      h->closing = true;
-      h->deferred.complete();
-      uv_close(reinterpret_cast<uv_handle_t*>(&h->timer), on_timer_closed);
-    }
-    h->self = nullptr;
-  }
+  // Hard-stop with ACKs still held: the connections are gone; let the ACKs go. holds_ then
+  // closes the timers, whose boxes outlive us until libuv has closed them.
+  for (Holds::Box* b : holds_.boxes())
+    if (!b->closing()) b->extra.complete();
 }
 
 void EchoAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
@@ -77,7 +71,7 @@ void EchoAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
       continue;
     }
     reply.set_var(sc, name + "_type", spop::Value::String(spop::type_name(v.type)));
-    if (v.type == spop::DataType::kString || v.type == spop::DataType::kBinary) {
+    if (v.is_text()) {
       reply.set_var(sc, name + "_len", spop::Value::Int64(static_cast<int64_t>(v.bytes.size())));
       reply.set_var(sc, name + "_sha256", spop::Value::String(sha256_hex(v.bytes)));
       if (v.bytes.size() > opts_.echo_max_size) continue;
@@ -86,34 +80,29 @@ void EchoAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
   }
   if (delay == 0 || !ctx_.loop) return;
   ++deferred_;
-  auto* h = new Hold{this, {}, reply.defer(), {}, false};
-  h->it = holds_.insert(holds_.end(), h);
-  uv_timer_init(ctx_.loop, &h->timer);
-  h->timer.data = h;
-  uv_timer_start(&h->timer, on_timer, delay, 0);
+  Holds::Box* b = holds_.make();
+  b->extra = reply.defer();
+  uv_timer_init(ctx_.loop, &b->u.timer);
+  uv_timer_start(&b->u.timer, on_timer, delay, 0);
 }
 
 void EchoAgent::on_timer(uv_timer_t* t) {
-  auto* h = static_cast<Hold*>(t->data);
-  h->closing = true;
-  h->deferred.complete();  // the ACK leaves now
-  uv_close(reinterpret_cast<uv_handle_t*>(&h->timer), on_timer_closed);
+  Holds::Box* b = Holds::Box::from(t);
+  if (!b->live()) return;
+  b->extra.complete();  // the ACK leaves now
+  b->owner()->holds_.close(b);
 }
 
-void EchoAgent::on_timer_closed(uv_handle_t* handle) {
-  auto* h = static_cast<Hold*>(handle->data);
-  EchoAgent* self = h->self;
-  if (self) self->holds_.erase(h->it);
-  delete h;
-  if (self) self->maybe_stopped();
+void EchoAgent::on_hold_closed(Holds::Box*) {
+  finish_stop_if_idle();
 }
 
 void EchoAgent::stop(std::function<void()> done) {
   stop_done_ = std::move(done);
-  maybe_stopped();
+  finish_stop_if_idle();
 }
 
-void EchoAgent::maybe_stopped() {
+void EchoAgent::finish_stop_if_idle() {
   if (!stop_done_ || !holds_.empty()) return;
   auto cb = std::move(stop_done_);
   stop_done_ = nullptr;

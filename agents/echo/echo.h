@@ -13,12 +13,12 @@
 #include <uv.h>
 
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <string>
 
 #include "agent/agent.h"
 #include "agent/registry.h"
+#include "util/uv_handle.h"
 
 namespace spoad::agents::echo {
 
@@ -38,23 +38,18 @@ class EchoAgent : public agent::Agent {
   void stats(nlohmann::json& out) const override;
 
  private:
-  struct Hold {
-    EchoAgent* self;
-    uv_timer_t timer;
-    agent::Deferred deferred;
-    std::list<Hold*>::iterator it;
-    bool closing;
-  };
+  // One held ACK: a timer, and the Deferred that lets the ACK leave when the timer fires.
+  using Holds = util::UvHandles<EchoAgent, agent::Deferred>;
   static void on_timer(uv_timer_t* t);
-  static void on_timer_closed(uv_handle_t* h);
-  void maybe_stopped();
+  void on_hold_closed(Holds::Box* b);
+  void finish_stop_if_idle();  // runs stop()'s callback once no ACK is held
 
   agent::Context ctx_;
   EchoOptions opts_;
-  std::list<Hold*> holds_;  // ACKs held back, until their timer handle is closed
   std::function<void()> stop_done_;
   uint64_t messages_ = 0;
   uint64_t deferred_ = 0;
+  Holds holds_{this, &EchoAgent::on_hold_closed};  // until each timer handle is closed
 };
 
 // SHA-256 of `data`, as 64 lowercase hex characters.
