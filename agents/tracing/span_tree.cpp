@@ -2,76 +2,74 @@
 
 namespace spoad::agents::tracing {
 
-using S = SpanKindId;
-
-const char* span_name(S s) {
+const char* span_name(SpanKindId s) {
   switch (s) {
-    case S::kHaproxySession:
+    case SpanKindId::kHaproxySession:
       return "HAProxy session";
-    case S::kClientSession:
+    case SpanKindId::kClientSession:
       return "Client session";
-    case S::kFrontendTcpRequest:
+    case SpanKindId::kFrontendTcpRequest:
       return "Frontend TCP request";
-    case S::kFrontendHttpRequest:
+    case SpanKindId::kFrontendHttpRequest:
       return "Frontend HTTP request";
-    case S::kBackendTcpRequest:
+    case SpanKindId::kBackendTcpRequest:
       return "Backend TCP request";
-    case S::kBackendHttpRequest:
+    case SpanKindId::kBackendHttpRequest:
       return "Backend HTTP request";
-    case S::kServerSession:
+    case SpanKindId::kServerSession:
       return "Server session";
-    case S::kTcpResponse:
+    case SpanKindId::kTcpResponse:
       return "TCP response";
-    case S::kHttpResponse:
+    case SpanKindId::kHttpResponse:
       return "HTTP response";
   }
   return "?";
 }
 
-Kind span_kind(S s) {
+Kind span_kind(SpanKindId s) {
   switch (s) {
-    case S::kHaproxySession:
-    case S::kClientSession:
-    case S::kFrontendTcpRequest:
-    case S::kFrontendHttpRequest:
+    case SpanKindId::kHaproxySession:
+    case SpanKindId::kClientSession:
+    case SpanKindId::kFrontendTcpRequest:
+    case SpanKindId::kFrontendHttpRequest:
       return Kind::kServer;
-    case S::kBackendTcpRequest:
-    case S::kBackendHttpRequest:
-    case S::kServerSession:
+    case SpanKindId::kBackendTcpRequest:
+    case SpanKindId::kBackendHttpRequest:
+    case SpanKindId::kServerSession:
       return Kind::kClient;
     default:
       return Kind::kInternal;
   }
 }
 
-std::pair<std::optional<S>, bool> parent_of(S s, const Presence& p) {
-  const S session = p.cs ? S::kClientSession : S::kHaproxySession;
+std::pair<std::optional<SpanKindId>, bool> parent_of(SpanKindId s, const Presence& p) {
+  const SpanKindId session = p.cs ? SpanKindId::kClientSession : SpanKindId::kHaproxySession;
   switch (s) {
-    case S::kHaproxySession:
+    case SpanKindId::kHaproxySession:
       return {std::nullopt, false};
-    case S::kClientSession:
-      return {S::kHaproxySession, false};
-    case S::kFrontendTcpRequest:
+    case SpanKindId::kClientSession:
+      return {SpanKindId::kHaproxySession, false};
+    case SpanKindId::kFrontendTcpRequest:
       return {session, false};
-    case S::kFrontendHttpRequest:
-      if (p.fth) return {S::kFrontendTcpRequest, true};
+    case SpanKindId::kFrontendHttpRequest:
+      if (p.fth) return {SpanKindId::kFrontendTcpRequest, true};
       return {session, false};
-    case S::kBackendTcpRequest:
-      if (p.fhr) return {S::kFrontendHttpRequest, true};
+    case SpanKindId::kBackendTcpRequest:
+      if (p.fhr) return {SpanKindId::kFrontendHttpRequest, true};
       return {session, false};
-    case S::kBackendHttpRequest:
-      if (p.bht) return {S::kBackendTcpRequest, true};
-      if (p.fhr) return {S::kFrontendHttpRequest, true};
+    case SpanKindId::kBackendHttpRequest:
+      if (p.bht) return {SpanKindId::kBackendTcpRequest, true};
+      if (p.fhr) return {SpanKindId::kFrontendHttpRequest, true};
       return {session, false};
-    case S::kServerSession:
-      return {S::kHaproxySession, false};
-    case S::kTcpResponse:
-      if (p.ss) return {S::kServerSession, false};
-      return {S::kHaproxySession, false};
-    case S::kHttpResponse:
-      if (p.tr) return {S::kTcpResponse, true};
-      if (p.ss) return {S::kServerSession, false};
-      return {S::kHaproxySession, false};
+    case SpanKindId::kServerSession:
+      return {SpanKindId::kHaproxySession, false};
+    case SpanKindId::kTcpResponse:
+      if (p.ss) return {SpanKindId::kServerSession, false};
+      return {SpanKindId::kHaproxySession, false};
+    case SpanKindId::kHttpResponse:
+      if (p.tr) return {SpanKindId::kTcpResponse, true};
+      if (p.ss) return {SpanKindId::kServerSession, false};
+      return {SpanKindId::kHaproxySession, false};
   }
   return {std::nullopt, false};
 }

@@ -13,8 +13,6 @@ namespace spoad::agents::tracing {
 
 namespace {
 
-using S = SpanKindId;
-
 constexpr uint64_t kMaxAttributeValueLimit = 16u << 20;
 
 // OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, else OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, into `limit`
@@ -205,7 +203,7 @@ void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
   if (!c.sampled()) return;
 
   Presence p = e.presence();
-  auto make = [&](S which, int64_t start, Span* s) {
+  auto make = [&](SpanKindId which, int64_t start, Span* s) {
     s->name = span_name(which);
     s->trace_id = c.trace_id;
     s->span_id = span_id(c.seed, which);
@@ -232,7 +230,7 @@ void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
     s.add("haproxy.frontend.name", e.frontend);
     s.add("haproxy.unique_id", e.unique_id);
   };
-  auto finish = [&](S which, int64_t start, auto&& decorate) {
+  auto finish = [&](SpanKindId which, int64_t start, auto&& decorate) {
     Span s;
     make(which, start, &s);
     decorate(s);
@@ -257,7 +255,7 @@ void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
       break;
     case Stage::kFrontendHttpRequest:
       if (p.fth)
-        finish(S::kFrontendTcpRequest, e.t_fth, [&](Span& s) {
+        finish(SpanKindId::kFrontendTcpRequest, e.t_fth, [&](Span& s) {
           s.add("client.address", e.client);
           if (e.client_port >= 0) s.add("client.port", e.client_port);
         });
@@ -265,24 +263,24 @@ void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
       ++spans_started_;
       break;
     case Stage::kBackendTcpRequest:
-      if (p.fhr) finish(S::kFrontendHttpRequest, e.t_fhr, http_attrs);
+      if (p.fhr) finish(SpanKindId::kFrontendHttpRequest, e.t_fhr, http_attrs);
       reply.set_var(kTxn, "t_bht", spop::Value::Int64(e.now));
       ++spans_started_;
       break;
     case Stage::kBackendHttpRequest:
       if (p.bht)
-        finish(S::kBackendTcpRequest, e.t_bht,
+        finish(SpanKindId::kBackendTcpRequest, e.t_bht,
                [&](Span& s) { s.add("haproxy.frontend.name", e.frontend); });
       reply.set_var(kTxn, "t_bhr", spop::Value::Int64(e.now));
       // The server's spans become children of the Backend HTTP request.
       reply.set_var(kTxn, "traceparent",
                     spop::Value::String(format_traceparent(
-                        c.trace_id, span_id(c.seed, S::kBackendHttpRequest), c.flags)));
+                        c.trace_id, span_id(c.seed, SpanKindId::kBackendHttpRequest), c.flags)));
       ++spans_started_;
       break;
     case Stage::kServerSession:
       if (p.bhr)
-        finish(S::kBackendHttpRequest, e.t_bhr, [&](Span& s) {
+        finish(SpanKindId::kBackendHttpRequest, e.t_bhr, [&](Span& s) {
           s.add("http.request.method", e.method);
           s.add("url.path", e.path);
           s.add("url.query", e.query);
@@ -298,27 +296,27 @@ void TracingAgent::on_message(const spop::Message& msg, agent::Reply& reply) {
       break;
     case Stage::kHttpResponse: {
       // on-http-response ends every span still open.
-      if (p.fth && !p.fhr) finish(S::kFrontendTcpRequest, e.t_fth, none);
-      if (p.fhr && !p.bht) finish(S::kFrontendHttpRequest, e.t_fhr, http_attrs);
-      if (p.bht && !p.bhr) finish(S::kBackendTcpRequest, e.t_bht, none);
-      if (p.bhr && !p.ss) finish(S::kBackendHttpRequest, e.t_bhr, none);
-      if (p.tr) finish(S::kTcpResponse, e.t_tr, none);
+      if (p.fth && !p.fhr) finish(SpanKindId::kFrontendTcpRequest, e.t_fth, none);
+      if (p.fhr && !p.bht) finish(SpanKindId::kFrontendHttpRequest, e.t_fhr, http_attrs);
+      if (p.bht && !p.bhr) finish(SpanKindId::kBackendTcpRequest, e.t_bht, none);
+      if (p.bhr && !p.ss) finish(SpanKindId::kBackendHttpRequest, e.t_bhr, none);
+      if (p.tr) finish(SpanKindId::kTcpResponse, e.t_tr, none);
       ++spans_started_;
-      finish(S::kHttpResponse, e.now, status);
+      finish(SpanKindId::kHttpResponse, e.now, status);
       if (p.ss)
-        finish(S::kServerSession, e.t_ss, [&](Span& s) {
+        finish(SpanKindId::kServerSession, e.t_ss, [&](Span& s) {
           s.add("haproxy.backend.name", e.backend);
           s.add("haproxy.server.name", e.server);
           status(s);
         });
       if (p.cs)
-        finish(S::kClientSession, e.t_cs, [&](Span& s) {
+        finish(SpanKindId::kClientSession, e.t_cs, [&](Span& s) {
           s.add("client.address", e.client);
           if (e.client_port >= 0) s.add("client.port", e.client_port);
           s.add("haproxy.frontend.name", e.frontend);
           status(s);
         });
-      finish(S::kHaproxySession, root_start >= 0 ? root_start : e.now, [&](Span& s) {
+      finish(SpanKindId::kHaproxySession, root_start >= 0 ? root_start : e.now, [&](Span& s) {
         http_attrs(s);
         s.add("haproxy.backend.name", e.backend);
         s.add("haproxy.server.name", e.server);
